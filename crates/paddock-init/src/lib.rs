@@ -1,0 +1,107 @@
+//! PID 1 inside a sandbox.
+//!
+//! After the isolation layer has built the sandbox (namespaces, root
+//! filesystem, limits), the process it cloned becomes the sandbox's init and
+//! calls [`run_pid1`]. Init:
+//!
+//! 1. forks the program; the child starts a new session, resets signals,
+//!    enters the working directory, applies the final confinement (identity,
+//!    capabilities, Landlock, seccomp — given by the caller as `confine`) and
+//!    `execve`s the prepared image;
+//! 2. reaps every process of the sandbox (orphans are re-parented to it);
+//! 3. when the program ends, reports how, kills whatever it left behind
+//!    (`kill(-1, SIGKILL)` reaches the whole pid namespace) and exits.
+//!
+//! Everything here is allocation-free, because init's address space is a copy
+//! of a parent that may have had other threads. Reports travel to the host
+//! over the status pipe as fixed-size [`Report`] records.
+
+pub mod report;
+
+pub use report::{Report, ReportKind};
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use paddock_sys::{Errno, ExecImage, ExitKind};
+
+/// What init starts.
+pub struct Program<'a> {
+    /// The prepared program.
+    pub image: &'a ExecImage,
+    /// Working directory inside the sandbox.
+    pub workdir: &'a CStr,
+    /// The last confinement steps, run in the program's process right before
+    /// `execve`. On failure it returns the number of the failed step (echoed
+    /// back to the host in a [`ReportKind::SetupFailed`] report) and the errno.
+    pub confine: &'a dyn Fn() -> Result<(), (u32, Errno)>,
+}
+
+/// Step number reported when `chdir` to the working directory fails.
+pub const STEP_WORKDIR: u32 = 1000;
+/// Step number reported when init cannot fork the program.
+pub const STEP_FORK: u32 = 1001;
+
+/// Runs init: starts `program`, reaps, reports on `status_fd`, never returns.
+pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
+    // SAFETY-relevant: we are single-threaded here (a fresh clone) and do not
+    // allocate in either branch.
+    // SAFETY: the child only runs allocation-free code until execve/_exit.
+    let forked = unsafe { paddock_sys::raw_fork() };
+    let main_pid = match forked {
+        Err(e) => {
+            Report::setup_failed(STEP_FORK, e).send(status_fd);
+            paddock_sys::exit_now(1);
+        }
+        Ok(None) => start_program(program, status_fd),
+        Ok(Some(pid)) => pid,
+    };
+    Report::new(ReportKind::Started, main_pid, 0).send(status_fd);
+    loop {
+        match paddock_sys::wait_child(-1) {
+            Ok((pid, kind)) if pid == main_pid => {
+                let report = match kind {
+                    ExitKind::Exited(code) => Report::new(ReportKind::Exited, code, 0),
+                    ExitKind::Signaled(sig) => Report::new(ReportKind::Signaled, sig, 0),
+                };
+                report.send(status_fd);
+                // The program is done: end everything it left behind.
+                let _ = paddock_sys::kill(-1, libc::SIGKILL);
+                drain_children();
+                paddock_sys::exit_now(0);
+            }
+            Ok(_) => {} // an orphan, reaped
+            Err(_) => paddock_sys::exit_now(0),
+        }
+    }
+}
+
+fn drain_children() {
+    while paddock_sys::wait_child(-1).is_ok() {}
+}
+
+/// The program's side of the fork: never returns.
+fn start_program(program: &Program<'_>, status_fd: RawFd) -> ! {
+    let fail = |step: u32, e: Errno| -> ! {
+        Report::setup_failed(step, e).send(status_fd);
+        paddock_sys::exit_now(127);
+    };
+    if let Err(e) = paddock_sys::setsid() {
+        fail(STEP_FORK, e);
+    }
+    paddock_sys::reset_signals();
+    if let Err(e) = paddock_sys::chdir(program.workdir) {
+        fail(STEP_WORKDIR, e);
+    }
+    if let Err((step, e)) = (program.confine)() {
+        fail(step, e);
+    }
+    // The status pipe must not survive a successful exec (the program would
+    // hold it open and could forge reports).
+    if let Err(e) = paddock_sys::set_cloexec(status_fd) {
+        fail(STEP_FORK, e);
+    }
+    let e = program.image.exec();
+    Report::new(ReportKind::ExecFailed, e.raw_os_error(), 0).send(status_fd);
+    paddock_sys::exit_now(127);
+}

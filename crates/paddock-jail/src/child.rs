@@ -1,0 +1,231 @@
+//! The child side of sandbox creation: what the cloned process does, in
+//! order, from its first instruction until it becomes the sandbox's init.
+//!
+//! Everything here is allocation-free (see `paddock-sys`): the child only
+//! reads the prepared [`ChildPlan`] and issues system calls. A failed step is
+//! reported to the host as `(step number, errno)` on the status pipe; the host
+//! turns the number back into words with [`describe_step`].
+
+use std::ffi::{CStr, CString};
+
+use paddock_init::{Program, Report};
+use paddock_sys::{Errno, ExecImage};
+use paddock_types::{SANDBOX_GID, SANDBOX_UID};
+
+use crate::rootfs::{RootfsPlan, Step};
+
+/// fd numbers inside the child (fixed so that nothing else can collide).
+pub(crate) const FD_STATUS: i32 = 3;
+const FD_GO: i32 = 4;
+
+/// The fds the child receives, already duplicated above 10 by the parent.
+pub(crate) struct ChildFds {
+    pub stdin: i32,
+    pub stdout: i32,
+    pub stderr: i32,
+    pub status: i32,
+    pub go: i32,
+}
+
+/// Everything the child needs, prepared by the parent.
+pub(crate) struct ChildPlan {
+    pub rootfs: RootfsPlan,
+    pub hostname: Vec<u8>,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub image: ExecImage,
+    pub workdir: CString,
+    pub last_cap: u32,
+    pub landlock_ro: Vec<CString>,
+    pub landlock_rw: Vec<CString>,
+    pub seccomp: seccompiler::BpfProgram,
+}
+
+// Step numbers of the fixed steps; plan steps are numbered from PLAN_BASE.
+const STEP_FDS: u32 = 1;
+const STEP_GO: u32 = 2;
+const STEP_DEATHSIG: u32 = 3;
+const STEP_CGROUPNS: u32 = 4;
+const STEP_PRIVATE: u32 = 5;
+const STEP_TMPFS: u32 = 6;
+const STEP_PIVOT: u32 = 7;
+const STEP_HOSTNAME: u32 = 8;
+const STEP_LOOPBACK: u32 = 9;
+const STEP_RLIMIT: u32 = 10;
+const STEP_IDS: u32 = 11;
+const PLAN_BASE: u32 = 100;
+const STEP_IDENTITY: u32 = 900;
+const STEP_LANDLOCK: u32 = 901;
+const STEP_SECCOMP: u32 = 902;
+
+/// Describes a step number reported by the child.
+pub(crate) fn describe_step(plan_steps: &[String], step: u32) -> String {
+    match step {
+        STEP_FDS => "arranging file descriptors".into(),
+        STEP_GO => "waiting for the host".into(),
+        STEP_DEATHSIG => "setting the parent-death signal".into(),
+        STEP_CGROUPNS => "entering a new cgroup namespace".into(),
+        STEP_PRIVATE => "making mounts private".into(),
+        STEP_TMPFS => "mounting the root tmpfs".into(),
+        STEP_PIVOT => "pivot_root into the new root".into(),
+        STEP_HOSTNAME => "setting the hostname".into(),
+        STEP_LOOPBACK => "bringing up loopback".into(),
+        STEP_RLIMIT => "setting rlimits".into(),
+        STEP_IDS => "becoming root of the user namespace".into(),
+        STEP_IDENTITY => "dropping to uid 1000 without capabilities".into(),
+        STEP_LANDLOCK => "applying landlock".into(),
+        STEP_SECCOMP => "applying the seccomp filter".into(),
+        paddock_init::STEP_WORKDIR => "entering the working directory".into(),
+        paddock_init::STEP_FORK => "starting the program".into(),
+        n if n >= PLAN_BASE => plan_steps
+            .get((n - PLAN_BASE) as usize)
+            .map_or_else(|| format!("step {n}"), |s| s.clone()),
+        n => format!("step {n}"),
+    }
+}
+
+/// Runs in the cloned child; never returns.
+pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
+    // Until the fds are arranged we can only report on the original status fd.
+    if let Err(e) = arrange_fds(fds) {
+        Report::setup_failed(STEP_FDS, e).send(fds.status);
+        paddock_sys::exit_now(1);
+    }
+    if let Err((step, e)) = setup(plan) {
+        Report::setup_failed(step, e).send(FD_STATUS);
+        paddock_sys::exit_now(1);
+    }
+    let confine = || confine(plan);
+    let program = Program {
+        image: &plan.image,
+        workdir: &plan.workdir,
+        confine: &confine,
+    };
+    paddock_init::run_pid1(&program, FD_STATUS)
+}
+
+fn arrange_fds(fds: &ChildFds) -> Result<(), Errno> {
+    // The parent placed every fd at 10 or above, so these dup2s never clobber
+    // one another.
+    paddock_sys::dup2(fds.stdin, 0)?;
+    paddock_sys::dup2(fds.stdout, 1)?;
+    paddock_sys::dup2(fds.stderr, 2)?;
+    paddock_sys::dup2(fds.status, FD_STATUS)?;
+    paddock_sys::dup2(fds.go, FD_GO)?;
+    // No fd of the parent leaks into the sandbox.
+    paddock_sys::close_from(FD_GO + 1)
+}
+
+fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
+    move |e| (step, e)
+}
+
+// ORDER: this is the sequence of the sandbox's setup; each step relies on
+// the ones before it.
+fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
+    // 1. Wait until the host has written our uid/gid maps and put us into
+    //    our cgroup; EOF means the host gave up.
+    let mut go = [0u8; 1];
+    match paddock_sys::read(FD_GO, &mut go) {
+        Ok(1) => {}
+        Ok(_) => paddock_sys::exit_now(1),
+        Err(e) => return Err((STEP_GO, e)),
+    }
+    paddock_sys::close(FD_GO);
+    paddock_sys::become_namespace_root().map_err(at(STEP_IDS))?;
+    // 2. Die with the host process.
+    paddock_sys::set_parent_death_signal(libc::SIGKILL).map_err(at(STEP_DEATHSIG))?;
+    // 3. A cgroup namespace rooted at our own cgroup (we are in it now).
+    paddock_sys::unshare(libc::CLONE_NEWCGROUP).map_err(at(STEP_CGROUPNS))?;
+    paddock_sys::umask(0o022);
+    // 4. Nothing we mount propagates back to the host.
+    paddock_sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(at(STEP_PRIVATE))?;
+    // 5. The writable layer, then the tree on it.
+    let rootfs = &plan.rootfs;
+    paddock_sys::mount(
+        Some(c"paddock"),
+        &rootfs.staging,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&rootfs.tmpfs_data),
+    )
+    .map_err(at(STEP_TMPFS))?;
+    for (i, planned) in rootfs.steps.iter().enumerate() {
+        run_step(&planned.step).map_err(at(PLAN_BASE + i as u32))?;
+    }
+    // 6. Make it the root; the old root disappears with the lazy unmount.
+    paddock_sys::chdir(&rootfs.staging).map_err(at(STEP_PIVOT))?;
+    paddock_sys::pivot_root(c".", c".").map_err(at(STEP_PIVOT))?;
+    paddock_sys::umount_detach(c".").map_err(at(STEP_PIVOT))?;
+    paddock_sys::chdir(c"/").map_err(at(STEP_PIVOT))?;
+    // 7. Identity of the machine, and its own loopback.
+    paddock_sys::sethostname(&plan.hostname).map_err(at(STEP_HOSTNAME))?;
+    paddock_sys::loopback_up().map_err(at(STEP_LOOPBACK))?;
+    // 8. rlimits, inherited by the program.
+    for &(res, value) in &plan.rlimits {
+        paddock_sys::setrlimit(res, value, value).map_err(at(STEP_RLIMIT))?;
+    }
+    Ok(())
+}
+
+fn run_step(step: &Step) -> Result<(), Errno> {
+    match step {
+        Step::Mkdir { path, mode } => {
+            paddock_sys::mkdir(path, *mode)?;
+            paddock_sys::chmod(path, *mode)
+        }
+        Step::Symlink { target, link } => paddock_sys::symlink(target, link),
+        Step::WriteFile {
+            path,
+            contents,
+            mode,
+        } => paddock_sys::write_file(path, contents, *mode),
+        Step::Chown { path, uid, gid } => paddock_sys::chown(path, *uid, *gid),
+        Step::Bind {
+            source,
+            target,
+            attrs,
+        } => {
+            let tree = paddock_sys::clone_mount(source, true)?;
+            paddock_sys::set_mount_attrs(std::os::fd::AsFd::as_fd(&tree), *attrs)?;
+            paddock_sys::move_mount(std::os::fd::AsFd::as_fd(&tree), target)
+        }
+        Step::Proc { target } => paddock_sys::mount(
+            Some(c"proc"),
+            target,
+            Some(c"proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ),
+        Step::Devpts { target } => paddock_sys::mount(
+            Some(c"devpts"),
+            target,
+            Some(c"devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(c"newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    }
+}
+
+/// The last steps, in the program's own process right before `execve`.
+// ORDER: identity first (needs CAP_SETUID/CAP_SETPCAP, which it drops), then
+// landlock, then seccomp last of all so that it filters nothing of our own.
+fn confine(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
+    paddock_sys::drop_privileges(SANDBOX_UID, SANDBOX_GID, plan.last_cap).map_err(at(STEP_IDENTITY))?;
+    let mut ro: [&CStr; 8] = [c""; 8];
+    let mut rw: [&CStr; 32] = [c""; 32];
+    let nro = fill(&mut ro, &plan.landlock_ro);
+    let nrw = fill(&mut rw, &plan.landlock_rw);
+    //LL paddock_sys::landlock::restrict_self(&ro[..nro], &rw[..nrw], true).map_err(at(STEP_LANDLOCK))?;
+    crate::seccomp::apply(&plan.seccomp)
+        .map_err(|e| (STEP_SECCOMP, Errno::from_raw_os_error(e)))?;
+    Ok(())
+}
+
+fn fill<'a, const N: usize>(dst: &mut [&'a CStr; N], src: &'a [CString]) -> usize {
+    let n = src.len().min(N);
+    for (d, s) in dst.iter_mut().zip(src.iter()) {
+        *d = s.as_c_str();
+    }
+    n
+}

@@ -1,0 +1,413 @@
+//! The host side: turn a [`SandboxSpec`] into a running sandbox and tear it
+//! down again.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use paddock_cgroups::{Cgroup, Hierarchy, Stats};
+use paddock_init::{Report, report::REPORT_LEN};
+use paddock_sys::{Cloned, ExecImage};
+use paddock_types::SandboxSpec;
+
+use crate::child::{self, ChildFds, ChildPlan};
+use crate::rootfs;
+use crate::uid::{RANGE, UidLease};
+use crate::{JailError, seccomp};
+
+/// Where the program's standard streams come from and go to.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// The program's stdin; `None` gives it the host's `/dev/null`.
+    pub stdin: Option<OwnedFd>,
+    /// Whether to capture stdout and stderr in pipes (read them with
+    /// [`Sandbox::take_stdout`]); otherwise the sandbox writes to
+    /// `/dev/null`.
+    pub capture: bool,
+}
+
+/// Namespaces every sandbox gets (the cgroup namespace is entered by the
+/// child once it is inside its cgroup).
+const NAMESPACES: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS) as u64;
+
+/// Most `--mount`s one sandbox may have.
+pub const MAX_MOUNTS: usize = 24;
+
+static HIERARCHY: OnceLock<Result<Hierarchy, String>> = OnceLock::new();
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The cgroup hierarchy of this host, detected once per process.
+pub fn hierarchy() -> Result<&'static Hierarchy, JailError> {
+    HIERARCHY
+        .get_or_init(|| Hierarchy::detect().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| JailError::Privileges(format!("no usable cgroup: {e}")))
+}
+
+/// A running sandbox: its init process, its cgroup, its pipes.
+///
+/// Dropping it kills everything inside and removes the cgroup; call
+/// [`Sandbox::teardown`] to see errors.
+#[derive(Debug)]
+pub struct Sandbox {
+    pid: i32,
+    pidfd: OwnedFd,
+    status: File,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    cgroup: Box<dyn Cgroup>,
+    rootfs_steps: Vec<String>,
+    _uids: UidLease,
+    started: Instant,
+    reaped: bool,
+    removed: bool,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| JailError::host("create a pipe", e.into()))
+}
+
+/// Places `fd` at 10 or above (so the child's `dup2`s to 0–4 never collide).
+fn high(fd: BorrowedFd<'_>) -> Result<OwnedFd, JailError> {
+    paddock_sys::dup_at_least(fd, 10).map_err(|e| JailError::host("duplicate an fd", e.into()))
+}
+
+fn check_root() -> Result<(), JailError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(JailError::Privileges(
+            "paddock must run as root to create sandboxes (user namespaces with a uid range, \
+             cgroups); running without root is not supported yet"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+impl Sandbox {
+    /// Creates a sandbox for `spec` and starts its program.
+    ///
+    /// The call returns once the child exists, is in its cgroup and has been
+    /// released to build its filesystem; setup errors inside the child, and
+    /// exec errors, arrive as the first report (see [`Sandbox::next_report`]).
+    pub fn spawn(spec: &SandboxSpec, stdio: Stdio) -> Result<Sandbox, JailError> {
+        check_root()?;
+        if spec.argv.is_empty() {
+            return Err(JailError::InvalidSpec("no program given".into()));
+        }
+        if !spec.workdir.is_absolute() {
+            return Err(JailError::InvalidSpec(format!(
+                "working directory {} must be absolute",
+                spec.workdir.display()
+            )));
+        }
+        if spec.mounts.len() > MAX_MOUNTS {
+            return Err(JailError::InvalidSpec(format!("at most {MAX_MOUNTS} mounts")));
+        }
+        let mounts = rootfs::resolve_mounts(spec)?;
+        let plan = prepare(spec, &mounts)?;
+        let hierarchy = hierarchy()?;
+        std::fs::create_dir_all(rootfs::STAGING)
+            .map_err(|e| JailError::host(format!("create {}", rootfs::STAGING), e))?;
+        let uids = UidLease::acquire()?;
+
+        let name = format!(
+            "run-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let limits = paddock_cgroups::Limits {
+            memory_bytes: Some(spec.limits.memory_bytes),
+            cpu_millicores: Some(spec.limits.cpu_millicores),
+            pids: Some(spec.limits.pids),
+        };
+        let cgroup = hierarchy.create(&name, &limits)?;
+
+        Self::start(plan, cgroup, uids, stdio)
+    }
+
+    fn start(
+        plan: ChildPlan,
+        cgroup: Box<dyn Cgroup>,
+        uids: UidLease,
+        stdio: Stdio,
+    ) -> Result<Sandbox, JailError> {
+        let started = Instant::now();
+        let fail = |cgroup: &dyn Cgroup, e: JailError| {
+            let _ = cgroup.remove();
+            e
+        };
+        let (status_r, status_w) = pipe().map_err(|e| fail(&*cgroup, e))?;
+        let (go_r, go_w) = pipe().map_err(|e| fail(&*cgroup, e))?;
+        let stdin = match stdio.stdin {
+            Some(fd) => fd,
+            None => File::open("/dev/null")
+                .map_err(|e| fail(&*cgroup, JailError::host("open /dev/null", e)))?
+                .into(),
+        };
+        let (out_r, out_w, err_r, err_w) = if stdio.capture {
+            let (or, ow) = pipe().map_err(|e| fail(&*cgroup, e))?;
+            let (er, ew) = pipe().map_err(|e| fail(&*cgroup, e))?;
+            for r in [&or, &er] {
+                let _ = paddock_sys::set_pipe_size(r.as_fd(), 1 << 20);
+            }
+            (Some(or), ow, Some(er), ew)
+        } else {
+            let null: OwnedFd = File::options()
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| fail(&*cgroup, JailError::host("open /dev/null", e)))?
+                .into();
+            let null2 = null
+                .try_clone()
+                .map_err(|e| fail(&*cgroup, JailError::host("dup /dev/null", e)))?;
+            (None, null, None, null2)
+        };
+        let child_fds = (|| -> Result<_, JailError> {
+            Ok([
+                high(stdin.as_fd())?,
+                high(out_w.as_fd())?,
+                high(err_w.as_fd())?,
+                high(status_w.as_fd())?,
+                high(go_r.as_fd())?,
+            ])
+        })()
+        .map_err(|e| fail(&*cgroup, e))?;
+        let fds = ChildFds {
+            stdin: child_fds[0].as_raw_fd(),
+            stdout: child_fds[1].as_raw_fd(),
+            stderr: child_fds[2].as_raw_fd(),
+            status: child_fds[3].as_raw_fd(),
+            go: child_fds[4].as_raw_fd(),
+        };
+
+        // SAFETY: the child runs only `child::main`, which is allocation-free
+        // and ends in execve or _exit.
+        let cloned = unsafe { paddock_sys::clone_into_namespaces(NAMESPACES, cgroup.dir_fd()) };
+        let (pid, pidfd) = match cloned {
+            Ok(Cloned::Child) => child::main(&plan, &fds),
+            Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
+            Err(e) => {
+                let msg = if e == paddock_sys::Errno::INVAL || e == paddock_sys::Errno::PERM {
+                    format!(
+                        "cannot create namespaces ({e}); user namespaces may be disabled \
+                         (check /proc/sys/user/max_user_namespaces)"
+                    )
+                } else {
+                    format!("clone into new namespaces: {e}")
+                };
+                return Err(fail(&*cgroup, JailError::Privileges(msg)));
+            }
+        };
+        drop(child_fds);
+        drop((status_w, go_r, out_w, err_w, stdin));
+
+        let mut sandbox = Sandbox {
+            pid,
+            pidfd,
+            status: File::from(status_r),
+            stdout: out_r,
+            stderr: err_r,
+            cgroup,
+            rootfs_steps: plan.rootfs.steps.iter().map(|s| s.what.clone()).collect(),
+            _uids: uids,
+            started,
+            reaped: false,
+            removed: false,
+        };
+        // ORDER: maps and cgroup before the child may go on: it must never
+        // run unmapped or outside its limits.
+        if let Err(e) = sandbox.release(go_w) {
+            let _ = sandbox.teardown();
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    fn release(&mut self, go_w: OwnedFd) -> Result<(), JailError> {
+        let base = self._uids.base();
+        let map = format!("0 {base} {RANGE}\n");
+        for file in ["uid_map", "gid_map"] {
+            let path = format!("/proc/{}/{file}", self.pid);
+            std::fs::write(&path, &map).map_err(|e| JailError::host(format!("write {path}"), e))?;
+        }
+        if self.cgroup.dir_fd().is_none() {
+            self.cgroup.attach(self.pid)?;
+        }
+        // Init should never be the OOM killer's choice. Best effort: hosts
+        // without CAP_SYS_RESOURCE (some containers) refuse it, and init is
+        // tiny next to any program, so the killer picks the program anyway.
+        let _ = std::fs::write(format!("/proc/{}/oom_score_adj", self.pid), "-1000");
+        let mut go = File::from(go_w);
+        go.write_all(b"1")
+            .map_err(|e| JailError::host("release the sandbox child", e))?;
+        Ok(())
+    }
+
+    /// Pid of the sandbox's init, in the host's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd of the sandbox's init (readable when it has exited).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The status pipe (readable when a report or EOF is there).
+    pub fn status_fd(&self) -> BorrowedFd<'_> {
+        self.status.as_fd()
+    }
+
+    /// The read end of the program's stdout, if captured and not yet taken.
+    pub fn take_stdout(&mut self) -> Option<OwnedFd> {
+        self.stdout.take()
+    }
+
+    /// The read end of the program's stderr, if captured and not yet taken.
+    pub fn take_stderr(&mut self) -> Option<OwnedFd> {
+        self.stderr.take()
+    }
+
+    /// When the sandbox was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The sandbox's cgroup.
+    pub fn cgroup(&self) -> &dyn Cgroup {
+        &*self.cgroup
+    }
+
+    /// Reads the next report from init; `None` at EOF (init is gone).
+    /// Blocks if none is pending.
+    pub fn next_report(&mut self) -> Result<Option<Report>, JailError> {
+        let mut buf = [0u8; REPORT_LEN];
+        let mut got = 0;
+        while got < REPORT_LEN {
+            let n = paddock_sys::read(self.status.as_raw_fd(), &mut buf[got..])
+                .map_err(|e| JailError::host("read the status pipe", e.into()))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            got += n;
+        }
+        Report::decode(&buf)
+            .map(Some)
+            .ok_or_else(|| JailError::InitDied("garbled report from init".into()))
+    }
+
+    /// Describes a step number from a `SetupFailed` report.
+    pub fn describe_step(&self, step: u32) -> String {
+        child::describe_step(&self.rootfs_steps, step)
+    }
+
+    /// Kills every process of the sandbox (the whole cgroup: also processes
+    /// that double-forked and left their session).
+    pub fn kill(&self) -> Result<(), JailError> {
+        let _ = paddock_sys::pidfd_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        self.cgroup.kill_all()?;
+        Ok(())
+    }
+
+    /// Waits for init to exit (blocking) and reaps it; returns its exit code.
+    pub fn reap(&mut self) -> Result<(), JailError> {
+        if !self.reaped {
+            match paddock_sys::wait_child(self.pid) {
+                Ok(_) | Err(paddock_sys::Errno::CHILD) => self.reaped = true,
+                Err(e) => return Err(JailError::host("wait for the sandbox init", e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Peak memory, CPU time and OOM kills so far, from the cgroup.
+    pub fn stats(&self) -> Result<Stats, JailError> {
+        Ok(self.cgroup.stats()?)
+    }
+
+    /// Kills everything, reaps init and removes the cgroup. Idempotent.
+    pub fn teardown(&mut self) -> Result<(), JailError> {
+        if self.removed {
+            return Ok(());
+        }
+        if !self.reaped {
+            self.kill()?;
+            self.reap()?;
+        }
+        self.cgroup.remove()?;
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+/// Compiles everything the child needs (paths, program, filter) on the host.
+fn prepare(
+    spec: &SandboxSpec,
+    mounts: &[(std::path::PathBuf, std::path::PathBuf, bool)],
+) -> Result<ChildPlan, JailError> {
+    let rootfs = rootfs::plan(spec, mounts)?;
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(paddock_types::DEFAULT_PATH, |(_, v)| v.as_str());
+    let image = ExecImage::new(&spec.argv, &spec.env, path)
+        .map_err(|e| JailError::InvalidSpec(e.to_string()))?;
+    let cs = |s: &std::path::Path| {
+        CString::new(s.as_os_str().as_encoded_bytes())
+            .map_err(|_| JailError::InvalidSpec(format!("{} contains a NUL byte", s.display())))
+    };
+    let workdir = cs(&spec.workdir)?;
+    let mut landlock_rw = vec![
+        CString::from(c"/tmp"),
+        CString::from(c"/home/user"),
+        CString::from(c"/dev"),
+    ];
+    if !spec.workdir.starts_with("/home/user") && !spec.workdir.starts_with("/tmp") {
+        landlock_rw.push(workdir.clone());
+    }
+    for (_, target, writable) in mounts {
+        if *writable {
+            landlock_rw.push(cs(target)?);
+        }
+    }
+    let limits = &spec.limits;
+    Ok(ChildPlan {
+        rootfs,
+        hostname: spec.hostname.as_bytes().to_vec(),
+        rlimits: vec![
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_NOFILE, limits.open_files),
+            (libc::RLIMIT_FSIZE, limits.disk_bytes.max(1 << 20)),
+        ],
+        image,
+        workdir,
+        last_cap: last_cap(),
+        landlock_ro: vec![CString::from(c"/")],
+        landlock_rw,
+        seccomp: seccomp::sandbox_filter()?,
+    })
+}

@@ -1,0 +1,709 @@
+//! The only crate of paddock with `unsafe`: thin, documented wrappers around the
+//! Linux system calls the sandbox needs, written against `libc` so that each is
+//! one visible syscall.
+//!
+//! Everything here that can run in a freshly cloned child is allocation-free:
+//! it takes borrowed, prepared data (`&CStr`, slices, [`ExecImage`]) and returns
+//! an [`Errno`]. That is what makes it sound to call these functions between
+//! `clone` and `execve` even when the parent had other threads.
+
+pub mod landlock;
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+pub use rustix::io::Errno;
+
+/// Result of a system call wrapper.
+pub type SysResult<T> = Result<T, Errno>;
+
+fn errno() -> Errno {
+    Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn check(ret: c_int) -> SysResult<c_int> {
+    if ret < 0 { Err(errno()) } else { Ok(ret) }
+}
+
+fn check_long(ret: libc::c_long) -> SysResult<libc::c_long> {
+    if ret < 0 { Err(errno()) } else { Ok(ret) }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// What [`clone_into_namespaces`] returned on each side.
+#[derive(Debug)]
+pub enum Cloned {
+    /// We are the new child.
+    Child,
+    /// We are the parent; the child has this pid and pidfd.
+    Parent {
+        /// Pid of the child in our pid namespace.
+        pid: i32,
+        /// A pidfd for the child (close-on-exec).
+        pidfd: OwnedFd,
+    },
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3` without a new stack (fork semantics) with the given `CLONE_*`
+/// namespace flags, returning a pidfd, optionally straight into the cgroup v2
+/// directory `cgroup_dir`.
+///
+/// # Safety
+/// The child is a copy of the calling thread only. If the caller has other
+/// threads, the child must restrict itself to async-signal-safe work (no
+/// allocation, no locks) until it calls `execve` or `_exit`.
+pub unsafe fn clone_into_namespaces(
+    namespace_flags: u64,
+    cgroup_dir: Option<BorrowedFd<'_>>,
+) -> SysResult<Cloned> {
+    let mut pidfd: c_int = -1;
+    let mut args = CloneArgs {
+        flags: namespace_flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup_dir {
+        args.flags |= 0x2_0000_0000; // CLONE_INTO_CGROUP
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: `args` is a valid clone_args of the size we pass; stack 0 gives
+    // fork semantics, so the child continues on a copy of this stack. The
+    // caller upholds the async-signal-safety contract documented above.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check_long(ret)? {
+        0 => Ok(Cloned::Child),
+        pid => Ok(Cloned::Parent {
+            pid: pid as i32,
+            // SAFETY: with CLONE_PIDFD the kernel stored a new, owned fd.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// A fork through the raw `clone` syscall: no `pthread_atfork` handlers, no
+/// libc locks. Returns `None` in the child and the child's pid in the parent.
+///
+/// # Safety
+/// As for [`clone_into_namespaces`]: the child may only do async-signal-safe
+/// work if the address space came from a multi-threaded process.
+pub unsafe fn raw_fork() -> SysResult<Option<i32>> {
+    // SAFETY: clone with only SIGCHLD and a null stack is fork(2).
+    let ret = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
+    match check_long(ret)? {
+        0 => Ok(None),
+        pid => Ok(Some(pid as i32)),
+    }
+}
+
+/// How a waited-for process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// `waitpid(pid, 0)`: blocks until a child (or any child for `-1`) ends;
+/// returns its pid and how it ended; `Err(ECHILD)` when none are left.
+pub fn wait_child(pid: i32) -> SysResult<(i32, ExitKind)> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: `status` is a valid out pointer.
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        match check(ret) {
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+            Ok(p) => {
+                let kind = if libc::WIFEXITED(status) {
+                    ExitKind::Exited(libc::WEXITSTATUS(status))
+                } else if libc::WIFSIGNALED(status) {
+                    ExitKind::Signaled(libc::WTERMSIG(status))
+                } else {
+                    continue;
+                };
+                return Ok((p, kind));
+            }
+        }
+    }
+}
+
+/// `kill(pid, sig)`. `pid == -1` inside a pid namespace's init reaches every
+/// other process of the namespace.
+pub fn kill(pid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Sends `sig` through a pidfd.
+pub fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: i32) -> SysResult<()> {
+    // SAFETY: plain syscall; null siginfo means "as kill(2)".
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check_long(ret).map(drop)
+}
+
+/// Ends the calling process immediately, without running destructors or
+/// `atexit` handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`: the kernel sends `sig` to us when the
+/// thread that created us exits.
+pub fn set_parent_death_signal(sig: i32) -> SysResult<()> {
+    // SAFETY: plain prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// `setsid()`.
+pub fn setsid() -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `unshare(flags)`.
+pub fn unshare(flags: c_int) -> SysResult<()> {
+    // SAFETY: plain syscall with an integer argument.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// Resets every signal disposition to default and unblocks all signals, as a
+/// freshly exec'd program expects.
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; errors (invalid
+        // signal numbers) are harmless and ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: an empty, initialised set passed by pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File descriptors and plain I/O
+// ---------------------------------------------------------------------------
+
+/// `dup2(old, new)` (clears close-on-exec on `new`).
+pub fn dup2(old: RawFd, new: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::dup2(old, new) }).map(drop)
+}
+
+/// Duplicates `fd` to the lowest free number `>= min`, close-on-exec.
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: plain fcntl; the result is a new fd we own.
+    let ret = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: `ret` is a fresh fd returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// Closes every fd from `first` upwards.
+pub fn close_from(first: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall; closing fds we don't use afterwards.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) } as c_int)
+        .map(drop)
+}
+
+/// Closes one raw fd, ignoring errors.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller no longer uses `fd`.
+    unsafe { libc::close(fd) };
+}
+
+/// Sets close-on-exec on `fd`.
+pub fn set_cloexec(fd: RawFd) -> SysResult<()> {
+    // SAFETY: plain fcntl with integer arguments.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
+
+/// Writes all of `buf` to `fd`, retrying on `EINTR` and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of the given length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = errno();
+            if e == Errno::INTR {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads into `buf`, retrying on `EINTR`; returns the count (0 at end of file).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    loop {
+        // SAFETY: `buf` is a valid writable slice of the given length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = errno();
+            if e == Errno::INTR {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// Sets a pipe's capacity (best effort; returns the new size).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> SysResult<usize> {
+    // SAFETY: plain fcntl with integer arguments.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as c_int) })
+        .map(|n| n as usize)
+}
+
+// ---------------------------------------------------------------------------
+// Filesystem and mounts
+// ---------------------------------------------------------------------------
+
+/// `mount(2)` with optional source, fstype and data.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> SysResult<()> {
+    let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is either null or a NUL-terminated string that
+    // outlives the call.
+    check(unsafe {
+        libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast())
+    })
+    .map(drop)
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE [| AT_RECURSIVE])`: a detached copy of the
+/// mount at `path`, ready to be moved elsewhere.
+pub fn clone_mount(path: &CStr, recursive: bool) -> SysResult<OwnedFd> {
+    const OPEN_TREE_CLONE: u32 = 1;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: `path` is NUL-terminated; the result is a new fd we own.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    let fd = check_long(ret)?;
+    // SAFETY: fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Mount attributes for [`set_mount_attrs`].
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// No set-uid/set-gid.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+    /// No execution.
+    pub const NOEXEC: u64 = 0x8;
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr` on a detached tree fd (recursively): sets `attrs` and makes
+/// the tree private.
+pub fn set_mount_attrs(tree: BorrowedFd<'_>, attrs: u64) -> SysResult<()> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE as u64,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `attr` is a valid mount_attr of the size passed; empty path with
+    // AT_EMPTY_PATH refers to `tree` itself.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check_long(ret).map(drop)
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
+pub fn move_mount(tree: BorrowedFd<'_>, target: &CStr) -> SysResult<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+    let empty = c"";
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check_long(ret).map(drop)
+}
+
+/// `umount2(target, MNT_DETACH)`.
+pub fn umount_detach(target: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated paths.
+    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+/// `mkdir(path, mode)`; an existing directory is not an error.
+pub fn mkdir(path: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    match check(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+        Err(Errno::EXIST) | Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `chmod(path, mode)` (mkdir is subject to the umask; this is not).
+pub fn chmod(path: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+/// `symlink(target, link)`.
+pub fn symlink(target: &CStr, link: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated paths.
+    check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }).map(drop)
+}
+
+/// `lchown(path, uid, gid)`.
+pub fn chown(path: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::lchown(path.as_ptr(), uid, gid) }).map(drop)
+}
+
+/// Creates (or truncates) `path` with `mode` and writes `contents`.
+pub fn write_file(path: &CStr, contents: &[u8], mode: u32) -> SysResult<()> {
+    // SAFETY: NUL-terminated path; the fd is closed below.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode,
+        )
+    })?;
+    let res = write_all(fd, contents);
+    close(fd);
+    res
+}
+
+// ---------------------------------------------------------------------------
+// Identity, capabilities, limits
+// ---------------------------------------------------------------------------
+
+/// `sethostname(name)`.
+pub fn sethostname(name: &[u8]) -> SysResult<()> {
+    // SAFETY: pointer and length describe a valid slice.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// `setrlimit(resource, {soft, hard})`.
+pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> SysResult<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    check(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Becomes `uid`/`gid` with no supplementary groups and no capabilities in
+/// any set: bounding (every cap up to `last_cap` dropped), ambient cleared,
+/// then effective, permitted and inheritable emptied; then `no_new_privs`.
+pub fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> SysResult<()> {
+    // ORDER: the bounding set can only be changed while we hold CAP_SETPCAP,
+    // i.e. before the uid change empties our capabilities.
+    for cap in 0..=last_cap {
+        // SAFETY: plain prctl with integer arguments.
+        match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }) {
+            Ok(_) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: plain prctl with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    // SAFETY: an empty group list (null pointer, zero length).
+    check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    // SAFETY: plain syscalls with integer arguments.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array as capset(2) v3 expects.
+    check_long(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
+    set_no_new_privs()
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+pub fn set_no_new_privs() -> SysResult<()> {
+    // SAFETY: plain prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+// ---------------------------------------------------------------------------
+// Network
+// ---------------------------------------------------------------------------
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> SysResult<()> {
+    // SAFETY: plain socket(2); closed below.
+    let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS takes a pointer to an initialised ifreq.
+    let res = check(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) });
+    close(sock);
+    res.map(drop)
+}
+
+// ---------------------------------------------------------------------------
+// exec
+// ---------------------------------------------------------------------------
+
+/// A program ready to `execve` without allocating: the candidate paths (from
+/// a `PATH` search done in advance), argv and envp as NUL-terminated pointer
+/// arrays.
+pub struct ExecImage {
+    candidates: Vec<CString>,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same struct,
+// which are never mutated; moving the struct between threads is fine.
+unsafe impl Send for ExecImage {}
+
+/// Why [`ExecImage::new`] refused its input.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecImageError {
+    /// An argument, variable or path contained a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which input.
+        what: &'static str,
+    },
+    /// No program was given.
+    #[error("no program given")]
+    Empty,
+}
+
+impl ExecImage {
+    /// Prepares `argv` with environment `env`. A program name without `/` is
+    /// tried in each directory of `search_path` (colon-separated) in order.
+    pub fn new(
+        argv: &[String],
+        env: &[(String, String)],
+        search_path: &str,
+    ) -> Result<ExecImage, ExecImageError> {
+        let prog = argv.first().ok_or(ExecImageError::Empty)?;
+        let cs = |s: String, what| CString::new(s).map_err(|_| ExecImageError::Nul { what });
+        let candidates = if prog.contains('/') {
+            vec![cs(prog.clone(), "program")?]
+        } else if prog.is_empty() {
+            return Err(ExecImageError::Empty);
+        } else {
+            search_path
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cs(format!("{}/{}", d.trim_end_matches('/'), prog), "PATH"))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let argv_c = argv
+            .iter()
+            .map(|a| cs(a.clone(), "argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env_c = env
+            .iter()
+            .map(|(k, v)| cs(format!("{k}={v}"), "environment variable"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv_ptrs: Vec<*const c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(ExecImage {
+            candidates,
+            _argv: argv_c,
+            argv_ptrs,
+            _envp: env_c,
+            envp_ptrs,
+        })
+    }
+
+    /// Tries each candidate path; returns only on failure, with the most
+    /// telling errno (`EACCES` or `ENOEXEC` over `ENOENT`, as `execvp` does).
+    pub fn exec(&self) -> Errno {
+        let mut best = Errno::NOENT;
+        for path in &self.candidates {
+            // SAFETY: path, argv and envp are NUL-terminated and the arrays
+            // are null-terminated; all are owned by `self`.
+            unsafe { libc::execve(path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
+            let e = errno();
+            if e != Errno::NOENT && e != Errno::NOTDIR {
+                best = e;
+                if e != Errno::ACCESS {
+                    return e;
+                }
+            }
+        }
+        best
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signals as file descriptors
+// ---------------------------------------------------------------------------
+
+/// Blocks `signals` for the calling thread and returns a signalfd that
+/// becomes readable when one arrives (close-on-exec, non-blocking).
+pub fn signalfd_for(signals: &[i32]) -> SysResult<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: `set` is a valid sigset_t.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    // SAFETY: valid set pointer, null old-set pointer.
+    check(unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: valid set pointer; the result is a new fd we own.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal number from a signalfd, if any.
+pub fn signalfd_read(fd: BorrowedFd<'_>) -> SysResult<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is a writable buffer of `size` bytes.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    if n < 0 {
+        let e = errno();
+        return if e == Errno::AGAIN { Ok(None) } else { Err(e) };
+    }
+    Ok((n as usize == size).then_some(info.ssi_signo as i32))
+}
+
+/// Sets the file mode creation mask.
+pub fn umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) };
+}
+
+/// Takes uid/gid 0 of the current user namespace (all three ids) and no
+/// supplementary groups; needed once the maps are written, because until
+/// then the process still carries the host's ids, which are unmapped there.
+pub fn become_namespace_root() -> SysResult<()> {
+    // SAFETY: plain syscalls with integer arguments / an empty group list.
+    unsafe {
+        check(libc::setresgid(0, 0, 0))?;
+        check(libc::setresuid(0, 0, 0))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The command-line grammar (clap). Every value parser names the accepted
+//! form, so a bad value exits 2 with a message saying what was expected.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use paddock_types::{Mount, NetworkMode};
+
+/// paddock: run untrusted code in isolated, resource-limited Linux sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "paddock", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one command (or a code snippet) in a fresh sandbox and remove it.
+    ///
+    /// Exit status: the program's own; 128+N if killed by signal N; 124 on
+    /// timeout; 137 on out-of-memory; 125 if the sandbox could not be created;
+    /// 126 if the program is not executable; 127 if it is not found; 2 on bad
+    /// usage. With --json, 0 whenever the sandbox ran.
+    Run(RunArgs),
+    /// Measure paddock against bubblewrap and bare processes (p50/p95, ratios).
+    Bench(BenchArgs),
+}
+
+/// Interpreters `--lang` knows.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Lang {
+    /// `python3 -c CODE`
+    Python,
+    /// `node -e CODE`
+    Javascript,
+    /// `bash -c CODE`
+    Bash,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Memory limit, e.g. 64M or 1G (no swap).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size)]
+    pub memory: u64,
+    /// CPU quota in cores; fractions allowed (0.5).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = cpus)]
+    pub cpus: u64,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub pids: u64,
+    /// Wall-clock limit, e.g. 500ms, 10s, 2m.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Size of the writable layer (/, /tmp, /home/user).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size)]
+    pub disk: u64,
+    /// Bytes kept per output stream; the rest is dropped and flagged.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = size)]
+    pub output_limit: u64,
+    /// Network: `none` (only the sandbox's own loopback) or `loopback`.
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = network)]
+    pub network: NetworkMode,
+    /// Environment variable K=V (repeatable); nothing is inherited from the host.
+    #[arg(long = "env", value_name = "K=V", value_parser = env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "PATH", default_value = "/home/user", value_parser = abs_path)]
+    pub workdir: PathBuf,
+    /// Bind a host path: SRC:DST[:ro|rw] (repeatable; read-only by default).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]", value_parser = mount)]
+    pub mounts: Vec<Mount>,
+    /// Pass paddock's stdin through to the program (default: empty stdin).
+    #[arg(long)]
+    pub stdin: bool,
+    /// Print one result object instead of passing output through.
+    #[arg(long)]
+    pub json: bool,
+    /// Run a snippet with this interpreter (needs --code).
+    #[arg(long, value_enum, requires = "code")]
+    pub lang: Option<Lang>,
+    /// The snippet for --lang.
+    #[arg(long, requires = "lang", conflicts_with = "program")]
+    pub code: Option<String>,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs per measured command (at least 200 for the published figures).
+    #[arg(long, default_value = "200", value_parser = clap::value_parser!(u32).range(5..=100_000))]
+    pub runs: u32,
+    /// Sandboxes held at once for the idle-memory figure.
+    #[arg(long, default_value = "50", value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub idle: u32,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    paddock_types::parse_size(s).map_err(|e| e.to_string())
+}
+fn duration(s: &str) -> Result<Duration, String> {
+    paddock_types::parse_duration(s).map_err(|e| e.to_string())
+}
+fn cpus(s: &str) -> Result<u64, String> {
+    paddock_types::parse_cpus(s).map_err(|e| e.to_string())
+}
+fn env_pair(s: &str) -> Result<(String, String), String> {
+    paddock_types::parse_env(s).map_err(|e| e.to_string())
+}
+fn mount(s: &str) -> Result<Mount, String> {
+    paddock_types::parse_mount(s).map_err(|e| e.to_string())
+}
+fn network(s: &str) -> Result<NetworkMode, String> {
+    s.parse().map_err(|e: paddock_types::ParseError| e.to_string())
+}
+fn abs_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() && !p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        Ok(p)
+    } else {
+        Err(format!("invalid value '{s}': expected an absolute path without '..'"))
+    }
+}
