@@ -39,7 +39,9 @@ pub(crate) fn write_raw(path: &Path, value: &str) -> io::Result<()> {
     let mut file = match fs::OpenOptions::new().write(true).truncate(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let fake = path.parent().is_some_and(|dir| dir.is_dir() && !is_cgroupfs(dir));
+            let fake = path
+                .parent()
+                .is_some_and(|dir| dir.is_dir() && !is_cgroupfs(dir));
             if !fake {
                 return Err(e);
             }
@@ -126,10 +128,13 @@ pub(crate) fn keyed_u64(path: &Path, text: &str, key: &str) -> Result<Option<u64
         let mut parts = line.split_whitespace();
         if parts.next() == Some(key) {
             let value = parts.next().unwrap_or("");
-            return value.parse::<u64>().map(Some).map_err(|e| CgroupError::Parse {
-                path: path.to_owned(),
-                reason: format!("bad value {value:?} for key {key:?}: {e}"),
-            });
+            return value
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|e| CgroupError::Parse {
+                    path: path.to_owned(),
+                    reason: format!("bad value {value:?} for key {key:?}: {e}"),
+                });
         }
     }
     Ok(None)

@@ -487,11 +487,18 @@ pub fn validate_name(name: &str) -> Result<(), CgroupError> {
 fn check_writable(dir: &Path, what: &str) -> Result<(), CgroupError> {
     if !dir.is_dir() {
         return Err(CgroupError::Unusable {
-            reason: format!("{what}: own cgroup directory {} does not exist", dir.display()),
+            reason: format!(
+                "{what}: own cgroup directory {} does not exist",
+                dir.display()
+            ),
         });
     }
     let group = dir.join(GROUP_DIR);
-    let target = if group.is_dir() { group } else { dir.to_owned() };
+    let target = if group.is_dir() {
+        group
+    } else {
+        dir.to_owned()
+    };
     rustix::fs::accessat(
         rustix::fs::CWD,
         &target,

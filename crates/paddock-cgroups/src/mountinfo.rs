@@ -85,7 +85,9 @@ fn unescape(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let value = (u32::from(bytes[i + 1] - b'0') << 6)
                 | (u32::from(bytes[i + 2] - b'0') << 3)
@@ -130,9 +132,9 @@ pub fn parse_proc_cgroup(text: &str) -> Result<Vec<ProcCgroup>, String> {
                 index + 1
             ));
         };
-        let hierarchy_id = id.parse::<u32>().map_err(|e| {
-            format!("line {}: bad hierarchy id {id:?}: {e}", index + 1)
-        })?;
+        let hierarchy_id = id
+            .parse::<u32>()
+            .map_err(|e| format!("line {}: bad hierarchy id {id:?}: {e}", index + 1))?;
         // A cgroup removed while we are in it shows as "/path (deleted)".
         let path = path.strip_suffix(" (deleted)").unwrap_or(path);
         if !path.starts_with('/') {
@@ -179,7 +181,10 @@ mod tests {
 ";
         let mounts = parse_mountinfo(text).expect("valid mountinfo");
         assert_eq!(mounts.len(), 4);
-        assert_eq!(mounts[1].mount_point, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(
+            mounts[1].mount_point,
+            Path::new("/sys/fs/cgroup/cpu,cpuacct")
+        );
         assert_eq!(mounts[1].fstype, "cgroup");
         assert!(mounts[1].has_option("cpu"));
         assert!(mounts[1].has_option("cpuacct"));

@@ -124,7 +124,13 @@ fn fake_v1_with(layout: CpuLayout, controllers: &[&str]) -> Fake {
     let mut add = |dir: &str, opts: &str, own: &str| {
         let mount_point = root.join(dir);
         fs::create_dir_all(mount_point.join(own.trim_start_matches('/'))).expect("mkdir");
-        mountinfo.push_str(&mount_line(id, "/", &mount_point, "cgroup", &format!("rw,{opts}")));
+        mountinfo.push_str(&mount_line(
+            id,
+            "/",
+            &mount_point,
+            "cgroup",
+            &format!("rw,{opts}"),
+        ));
         proc_cgroup.push_str(&format!("{hierarchy}:{opts}:{own}\n"));
         id += 1;
         hierarchy += 1;
@@ -142,9 +148,16 @@ fn fake_v1_with(layout: CpuLayout, controllers: &[&str]) -> Fake {
         CpuLayout::Combined => add("cpu,cpuacct", "cpu,cpuacct", "/"),
     }
     for controller in ["cpuset", "memory", "devices", "freezer", "blkio", "pids"] {
-        if controller == "cpuset" || controller == "devices" || controller == "blkio" || has(controller)
+        if controller == "cpuset"
+            || controller == "devices"
+            || controller == "blkio"
+            || has(controller)
         {
-            let own = if controller == "memory" { "/process_api/abc" } else { "/" };
+            let own = if controller == "memory" {
+                "/process_api/abc"
+            } else {
+                "/"
+            };
             add(controller, controller, own);
         }
     }
@@ -177,7 +190,13 @@ fn fake_v2(own: &str, controllers: &str) -> Fake {
     );
     write(&own_dir.join("cgroup.controllers"), controllers);
     write(&own_dir.join("cgroup.subtree_control"), "");
-    let mountinfo = mount_line(40, "/", &mount_point, "cgroup2", "rw,nsdelegate,memory_recursiveprot");
+    let mountinfo = mount_line(
+        40,
+        "/",
+        &mount_point,
+        "cgroup2",
+        "rw,nsdelegate,memory_recursiveprot",
+    );
     Fake {
         tmp,
         mountinfo,
@@ -281,7 +300,10 @@ fn v1_detection_strips_the_mount_root() {
 
 #[test]
 fn detects_v2() {
-    let fake = fake_v2("/system.slice/paddock.service", "cpuset cpu io memory pids\n");
+    let fake = fake_v2(
+        "/system.slice/paddock.service",
+        "cpuset cpu io memory pids\n",
+    );
     let h = fake.hierarchy();
     assert_eq!(h.version(), 2);
     let own = fake.root().join("cgroup/system.slice/paddock.service");
@@ -294,7 +316,10 @@ fn v2_detection_steps_out_of_the_supervisor_leaf() {
     let fake = fake_v2("/svc/supervisor", "cpu memory pids\n");
     // Not yet a paddock sibling: the supervisor is just our cgroup's name.
     let h = fake.hierarchy();
-    assert_eq!(v2_of(&h).own_dir(), fake.root().join("cgroup/svc/supervisor"));
+    assert_eq!(
+        v2_of(&h).own_dir(),
+        fake.root().join("cgroup/svc/supervisor")
+    );
 
     // After an evacuation, paddock/ sits next to supervisor/.
     let svc = fake.root().join("cgroup/svc");
@@ -342,7 +367,10 @@ fn no_cgroup_mounts_is_unusable() {
         "22 1 0:20 / /proc rw - proc proc rw\n",
         "0::/\n",
     ));
-    assert!(reason.contains("no cgroup2 filesystem is mounted"), "{reason}");
+    assert!(
+        reason.contains("no cgroup2 filesystem is mounted"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -372,7 +400,18 @@ fn invalid_names_are_refused() {
     let fake = fake_v1(CpuLayout::Separate);
     let h = fake.hierarchy();
     let long = "x".repeat(201);
-    for name in ["", "a/b", "..", ".", "../x", ".hidden", "a b", "a\nb", "é", long.as_str()] {
+    for name in [
+        "",
+        "a/b",
+        "..",
+        ".",
+        "../x",
+        ".hidden",
+        "a b",
+        "a\nb",
+        "é",
+        long.as_str(),
+    ] {
         match h.create(name, &Limits::default()) {
             Err(CgroupError::InvalidName { .. }) => {}
             other => panic!("name {name:?}: expected InvalidName, got {other:?}"),
@@ -414,9 +453,21 @@ fn v1_create_writes_limits_separate() {
     let cpuacct = r.join("cpuacct/paddock/sbx1");
     let pids = r.join("pids/paddock/sbx1");
     let freezer = r.join("freezer/paddock/sbx1");
-    assert_eq!(cg.paths(), vec![memory.clone(), cpu.clone(), cpuacct.clone(), pids.clone(), freezer]);
+    assert_eq!(
+        cg.paths(),
+        vec![
+            memory.clone(),
+            cpu.clone(),
+            cpuacct.clone(),
+            pids.clone(),
+            freezer
+        ]
+    );
     assert!(cg.paths().iter().all(|p| p.is_dir()));
-    assert_eq!(read(&memory.join("memory.limit_in_bytes")), (64u64 << 20).to_string());
+    assert_eq!(
+        read(&memory.join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
     // No swap accounting file in the fake tree: not created.
     assert!(!memory.join("memory.memsw.limit_in_bytes").exists());
     assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
@@ -461,8 +512,14 @@ fn v1_create_existing_name_fails_and_other_names_share_paddock() {
         other => panic!("expected Create error, got {other:?}"),
     }
     // The first cgroup is untouched by the failed second create.
-    assert!(fake.root().join("memory/process_api/abc/paddock/a").is_dir());
-    let _b = h.create("b", &Limits::default()).expect("create b in existing paddock");
+    assert!(
+        fake.root()
+            .join("memory/process_api/abc/paddock/a")
+            .is_dir()
+    );
+    let _b = h
+        .create("b", &Limits::default())
+        .expect("create b in existing paddock");
 }
 
 #[test]
@@ -470,7 +527,10 @@ fn v1_memsw_follows_memory_when_present() {
     let tmp = TempDir::new().expect("tempdir");
     let dir = tmp.path();
     write(&dir.join("memory.limit_in_bytes"), "9223372036854771712\n");
-    write(&dir.join("memory.memsw.limit_in_bytes"), "9223372036854771712\n");
+    write(
+        &dir.join("memory.memsw.limit_in_bytes"),
+        "9223372036854771712\n",
+    );
     v1::set_memory_limit(dir, 1 << 30).expect("set memory limit");
     assert_eq!(read(&dir.join("memory.limit_in_bytes")), "1073741824");
     assert_eq!(read(&dir.join("memory.memsw.limit_in_bytes")), "1073741824");
@@ -486,7 +546,10 @@ fn v1_stats_parse() {
     // Before the kernel reports anything: files absent.
     assert_eq!(cg.stats().expect("stats"), Stats::default());
     write(&memory.join("memory.max_usage_in_bytes"), "1234567\n");
-    write(&memory.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n");
+    write(
+        &memory.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    );
     write(&r.join("cpuacct/paddock/s/cpuacct.usage"), "987654321\n");
     assert_eq!(
         cg.stats().expect("stats"),
@@ -497,7 +560,10 @@ fn v1_stats_parse() {
         }
     );
     // Older kernels have no oom_kill line.
-    write(&memory.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\n");
+    write(
+        &memory.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\n",
+    );
     assert_eq!(cg.stats().expect("stats").oom_kills, 0);
     write(&memory.join("memory.max_usage_in_bytes"), "lots\n");
     assert!(matches!(cg.stats(), Err(CgroupError::Parse { .. })));
@@ -516,8 +582,14 @@ fn v1_attach_and_pids() {
     }
     assert_eq!(cg.pids().expect("pids"), vec![child.pid()]);
     // pid 0 would move the writer itself.
-    assert!(matches!(cg.attach(0), Err(CgroupError::InvalidPid { pid: 0 })));
-    assert!(matches!(cg.attach(-5), Err(CgroupError::InvalidPid { pid: -5 })));
+    assert!(matches!(
+        cg.attach(0),
+        Err(CgroupError::InvalidPid { pid: 0 })
+    ));
+    assert!(matches!(
+        cg.attach(-5),
+        Err(CgroupError::InvalidPid { pid: -5 })
+    ));
 }
 
 #[test]
@@ -530,7 +602,10 @@ fn v1_kill_all_freezes_kills_and_thaws() {
     // A nested child cgroup's processes are killed too.
     let mut nested_child = Sleeper::spawn();
     let nested = fake.root().join("pids/paddock/k/inner");
-    write(&nested.join("cgroup.procs"), &format!("{}\n", nested_child.pid()));
+    write(
+        &nested.join("cgroup.procs"),
+        &format!("{}\n", nested_child.pid()),
+    );
     assert_eq!(cg.pids().expect("pids").len(), 2);
 
     cg.kill_all().expect("kill_all");
@@ -564,7 +639,9 @@ fn v1_remove_is_complete_and_idempotent() {
     h.remove_group_dirs().expect("remove group dirs");
     assert!(h.group_dirs().iter().all(|d| !d.exists()));
     h.remove_group_dirs().expect("remove group dirs again");
-    let again = h.create("r", &LIMITS).expect("create after parents removed");
+    let again = h
+        .create("r", &LIMITS)
+        .expect("create after parents removed");
     // Parents that still hold a cgroup are kept without error.
     h.remove_group_dirs().expect("remove busy group dirs");
     assert!(again.paths().iter().all(|p| p.is_dir()));
@@ -593,7 +670,10 @@ fn v1_leftovers_open_and_remove_leftovers() {
     for p in &expected {
         strip_files(p);
     }
-    assert_eq!(h.remove_leftovers().expect("remove leftovers"), vec!["a", "b"]);
+    assert_eq!(
+        h.remove_leftovers().expect("remove leftovers"),
+        vec!["a", "b"]
+    );
     assert_eq!(h.leftovers().expect("leftovers"), Vec::<PathBuf>::new());
     assert!(fake.root().join("cpu,cpuacct/paddock/foreign").is_dir());
 }
@@ -608,7 +688,10 @@ fn v2_create_enables_controllers_and_writes_limits() {
     let own = fake.root().join("cgroup/svc");
     let dir = own.join("paddock/sbx");
     assert_eq!(cg.paths(), vec![dir.clone()]);
-    assert_eq!(read(&own.join("cgroup.subtree_control")), "+memory +cpu +pids");
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
     assert_eq!(
         read(&own.join("paddock/cgroup.subtree_control")),
         "+memory +cpu +pids"
@@ -634,7 +717,10 @@ fn v2_already_enabled_controllers_are_left_alone() {
     write(&own.join("paddock/cgroup.subtree_control"), "memory pids\n");
     let h = fake.hierarchy();
     let _cg = h.create("x", &Limits::default()).expect("create");
-    assert_eq!(read(&own.join("cgroup.subtree_control")), "cpu memory pids\n");
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "cpu memory pids\n"
+    );
     // Only the missing one is added.
     assert_eq!(read(&own.join("paddock/cgroup.subtree_control")), "+cpu");
 }
@@ -651,7 +737,8 @@ fn v2_swap_is_disabled_when_swap_accounting_exists() {
     match &h {
         Hierarchy::V2(v2h) => {
             let cg = v2h.open("x").expect("open");
-            cg.write_limits(&LIMITS, Some(50_000)).expect("write limits");
+            cg.write_limits(&LIMITS, Some(50_000))
+                .expect("write limits");
         }
         Hierarchy::V1(_) => panic!("expected v2"),
     }
@@ -678,7 +765,10 @@ fn v2_stats_parse() {
     let h = fake.hierarchy();
     let cg = h.create("s", &Limits::default()).expect("create");
     let dir = fake.root().join("cgroup/svc/paddock/s");
-    write(&dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n");
+    write(
+        &dir.join("cpu.stat"),
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+    );
     write(
         &dir.join("memory.events"),
         "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n",

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::mountinfo::{Mount, ProcCgroup, cgroup_dir};
 use crate::{
-    CPU_PERIOD_US, Cgroup, CgroupError, FREEZE_TIMEOUT, GROUP_DIR, Limits, REMOVE_TIMEOUT,
-    Stats, check_writable, fsutil,
+    CPU_PERIOD_US, Cgroup, CgroupError, FREEZE_TIMEOUT, GROUP_DIR, Limits, REMOVE_TIMEOUT, Stats,
+    check_writable, fsutil,
 };
 
 /// The v1 controllers a sandbox cgroup needs.
@@ -73,8 +73,8 @@ impl V1Hierarchy {
                 Err(problem) => problems.push(problem),
             }
         }
-        let [memory, cpu, cpuacct, pids, freezer] = <[PathBuf; 5]>::try_from(found)
-            .map_err(|_| CgroupError::Unusable {
+        let [memory, cpu, cpuacct, pids, freezer] =
+            <[PathBuf; 5]>::try_from(found).map_err(|_| CgroupError::Unusable {
                 reason: format!("cgroup v1: {}", problems.join("; ")),
             })?;
         let own = ControllerDirs {
@@ -251,8 +251,11 @@ impl Cgroup for V1Cgroup {
         let value = pid.to_string();
         for dir in &self.unique {
             let path = dir.join("cgroup.procs");
-            fsutil::write_raw(&path, &value)
-                .map_err(|source| CgroupError::Attach { pid, path, source })?;
+            fsutil::write_raw(&path, &value).map_err(|source| CgroupError::Attach {
+                pid,
+                path,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -287,16 +290,24 @@ impl Cgroup for V1Cgroup {
 
     fn kill_all(&self) -> Result<(), CgroupError> {
         let state = self.dirs.freezer.join("freezer.state");
-        fsutil::write(&state, "FROZEN")?;
-        // If freezing does not complete in time (a task stuck in an
-        // uninterruptible sleep), kill anyway: the SIGKILLs are delivered
-        // once thawed, and remove() repeats the kill while waiting.
-        let frozen = fsutil::poll_until(FREEZE_TIMEOUT, || {
-            Ok(fsutil::read(&state)?.trim() == "FROZEN")
-        });
-        let killed = frozen.and_then(|_| fsutil::kill_pids(&self.pids()?));
-        let thawed = fsutil::write(&state, "THAWED");
-        killed.and(thawed)
+        // If the freezer cannot be used (its directory is gone in a partial
+        // leftover) or does not finish freezing in time (a task stuck in an
+        // uninterruptible sleep), kill anyway: remove() repeats the kill
+        // while it waits, and SIGKILLs to frozen tasks land once thawed.
+        let froze = fsutil::write(&state, "FROZEN");
+        let waited = match froze {
+            Ok(()) => fsutil::poll_until(FREEZE_TIMEOUT, || {
+                Ok(fsutil::read(&state)?.trim() == "FROZEN")
+            })
+            .map(drop),
+            Err(_) => Ok(()),
+        };
+        let killed = self.pids().and_then(|pids| fsutil::kill_pids(&pids));
+        let thawed = match froze {
+            Ok(()) => fsutil::write(&state, "THAWED"),
+            Err(_) => Ok(()),
+        };
+        froze.and(waited).and(killed).and(thawed)
     }
 
     fn remove(&self) -> Result<(), CgroupError> {

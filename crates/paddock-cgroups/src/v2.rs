@@ -59,9 +59,8 @@ impl V2Hierarchy {
         }
 
         let controllers_path = own.join("cgroup.controllers");
-        let available = fs::read_to_string(&controllers_path).map_err(|e| {
-            unusable(format!("cannot read {}: {e}", controllers_path.display()))
-        })?;
+        let available = fs::read_to_string(&controllers_path)
+            .map_err(|e| unusable(format!("cannot read {}: {e}", controllers_path.display())))?;
         let available: Vec<&str> = available.split_whitespace().collect();
         let missing: Vec<&str> = REQUIRED
             .iter()
@@ -216,7 +215,11 @@ pub struct V2Cgroup {
 }
 
 impl V2Cgroup {
-    pub(crate) fn write_limits(&self, limits: &Limits, cpu_quota_us: Option<u64>) -> Result<(), CgroupError> {
+    pub(crate) fn write_limits(
+        &self,
+        limits: &Limits,
+        cpu_quota_us: Option<u64>,
+    ) -> Result<(), CgroupError> {
         if let Some(bytes) = limits.memory_bytes {
             fsutil::write(&self.dir.join("memory.max"), &bytes.to_string())?;
             let swap = self.dir.join("memory.swap.max");
@@ -241,14 +244,22 @@ impl V2Cgroup {
     fn freeze_and_kill(&self) -> Result<(), CgroupError> {
         let freeze = self.dir.join("cgroup.freeze");
         let events = self.dir.join("cgroup.events");
-        fsutil::write(&freeze, "1")?;
-        let frozen = fsutil::poll_until(FREEZE_TIMEOUT, || {
-            let text = fsutil::read_optional(&events)?.unwrap_or_default();
-            Ok(fsutil::keyed_u64(&events, &text, "frozen")? == Some(1))
-        });
-        let killed = frozen.and_then(|_| fsutil::kill_pids(&self.pids()?));
-        let thawed = fsutil::write(&freeze, "0");
-        killed.and(thawed)
+        // As on v1: kill even if freezing fails or does not finish in time.
+        let froze = fsutil::write(&freeze, "1");
+        let waited = match froze {
+            Ok(()) => fsutil::poll_until(FREEZE_TIMEOUT, || {
+                let text = fsutil::read_optional(&events)?.unwrap_or_default();
+                Ok(fsutil::keyed_u64(&events, &text, "frozen")? == Some(1))
+            })
+            .map(drop),
+            Err(_) => Ok(()),
+        };
+        let killed = self.pids().and_then(|pids| fsutil::kill_pids(&pids));
+        let thawed = match froze {
+            Ok(()) => fsutil::write(&freeze, "0"),
+            Err(_) => Ok(()),
+        };
+        froze.and(waited).and(killed).and(thawed)
     }
 }
 
@@ -258,8 +269,11 @@ impl Cgroup for V2Cgroup {
             return Err(CgroupError::InvalidPid { pid });
         }
         let path = self.dir.join("cgroup.procs");
-        fsutil::write_raw(&path, &pid.to_string())
-            .map_err(|source| CgroupError::Attach { pid, path, source })
+        fsutil::write_raw(&path, &pid.to_string()).map_err(|source| CgroupError::Attach {
+            pid,
+            path,
+            source,
+        })
     }
 
     fn stats(&self) -> Result<Stats, CgroupError> {

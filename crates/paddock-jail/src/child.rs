@@ -20,6 +20,9 @@ const FD_GO: i32 = 4;
 
 /// The fds the child receives, already duplicated above 10 by the parent.
 pub(crate) struct ChildFds {
+    /// cgroup v1 `tasks` files opened by the host (count in `ntasks`).
+    pub tasks: [i32; 8],
+    pub ntasks: usize,
     pub stdin: i32,
     pub stdout: i32,
     pub stderr: i32,
@@ -52,6 +55,7 @@ const STEP_HOSTNAME: u32 = 8;
 const STEP_LOOPBACK: u32 = 9;
 const STEP_RLIMIT: u32 = 10;
 const STEP_IDS: u32 = 11;
+const STEP_CGROUP: u32 = 12;
 const PLAN_BASE: u32 = 100;
 const STEP_IDENTITY: u32 = 900;
 const STEP_LANDLOCK: u32 = 901;
@@ -71,6 +75,7 @@ pub(crate) fn describe_step(plan_steps: &[String], step: u32) -> String {
         STEP_LOOPBACK => "bringing up loopback".into(),
         STEP_RLIMIT => "setting rlimits".into(),
         STEP_IDS => "becoming root of the user namespace".into(),
+        STEP_CGROUP => "entering the sandbox's cgroup".into(),
         STEP_IDENTITY => "dropping to uid 1000 without capabilities".into(),
         STEP_LANDLOCK => "applying landlock".into(),
         STEP_SECCOMP => "applying the seccomp filter".into(),
@@ -85,6 +90,18 @@ pub(crate) fn describe_step(plan_steps: &[String], step: u32) -> String {
 
 /// Runs in the cloned child; never returns.
 pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
+    // ORDER: first of all, move into our cgroup (v1) so that everything we
+    // allocate is charged to the sandbox. Writing "0" to a `tasks` file moves
+    // only the calling thread (we have just one), which the kernel does
+    // without the global threadgroup lock that makes writing a pid to
+    // `cgroup.procs` wait for an RCU grace period (~8 ms here). The host
+    // opened the files, so its credentials authorise the move.
+    for &fd in &fds.tasks[..fds.ntasks] {
+        if let Err(e) = paddock_sys::write_all(fd, b"0") {
+            Report::setup_failed(STEP_CGROUP, e).send(fds.status);
+            paddock_sys::exit_now(1);
+        }
+    }
     // Until the fds are arranged we can only report on the original status fd.
     if let Err(e) = arrange_fds(fds) {
         Report::setup_failed(STEP_FDS, e).send(fds.status);

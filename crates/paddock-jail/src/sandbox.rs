@@ -189,7 +189,34 @@ impl Sandbox {
             ])
         })()
         .map_err(|e| fail(&*cgroup, e))?;
+        // cgroup v1: the child moves itself in through these (see child.rs).
+        let tasks_files = if cgroup.dir_fd().is_none() {
+            cgroup
+                .paths()
+                .iter()
+                .map(|dir| {
+                    let path = dir.join("tasks");
+                    File::options()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| JailError::host(format!("open {}", path.display()), e))
+                        .and_then(|f| high(f.as_fd()))
+                })
+                .collect::<Result<Vec<OwnedFd>, JailError>>()
+                .map_err(|e| fail(&*cgroup, e))?
+        } else {
+            Vec::new()
+        };
+        if tasks_files.len() > 8 {
+            return Err(fail(&*cgroup, JailError::InvalidSpec("more than 8 cgroup hierarchies".into())));
+        }
+        let mut tasks = [-1; 8];
+        for (slot, f) in tasks.iter_mut().zip(&tasks_files) {
+            *slot = f.as_raw_fd();
+        }
         let fds = ChildFds {
+            tasks,
+            ntasks: tasks_files.len(),
             stdin: child_fds[0].as_raw_fd(),
             stdout: child_fds[1].as_raw_fd(),
             stderr: child_fds[2].as_raw_fd(),
@@ -216,6 +243,7 @@ impl Sandbox {
             }
         };
         drop(child_fds);
+        drop(tasks_files);
         drop((status_w, go_r, out_w, err_w, stdin));
 
         let mut sandbox = Sandbox {
@@ -231,8 +259,8 @@ impl Sandbox {
             reaped: false,
             removed: false,
         };
-        // ORDER: maps and cgroup before the child may go on: it must never
-        // run unmapped or outside its limits.
+        // ORDER: the maps before the child may go on: it must never run
+        // unmapped. (It entered its cgroup by itself, first thing.)
         if let Err(e) = sandbox.release(go_w) {
             let _ = sandbox.teardown();
             return Err(e);
@@ -246,9 +274,6 @@ impl Sandbox {
         for file in ["uid_map", "gid_map"] {
             let path = format!("/proc/{}/{file}", self.pid);
             std::fs::write(&path, &map).map_err(|e| JailError::host(format!("write {path}"), e))?;
-        }
-        if self.cgroup.dir_fd().is_none() {
-            self.cgroup.attach(self.pid)?;
         }
         // Init should never be the OOM killer's choice. Best effort: hosts
         // without CAP_SYS_RESOURCE (some containers) refuse it, and init is
