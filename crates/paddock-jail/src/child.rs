@@ -228,12 +228,14 @@ fn run_step(step: &Step) -> Result<(), Errno> {
 // ORDER: identity first (needs CAP_SETUID/CAP_SETPCAP, which it drops), then
 // landlock, then seccomp last of all so that it filters nothing of our own.
 fn confine(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
-    paddock_sys::drop_privileges(SANDBOX_UID, SANDBOX_GID, plan.last_cap).map_err(at(STEP_IDENTITY))?;
+    paddock_sys::drop_privileges(SANDBOX_UID, SANDBOX_GID, plan.last_cap)
+        .map_err(at(STEP_IDENTITY))?;
     let mut ro: [&CStr; 8] = [c""; 8];
     let mut rw: [&CStr; 32] = [c""; 32];
     let nro = fill(&mut ro, &plan.landlock_ro);
     let nrw = fill(&mut rw, &plan.landlock_rw);
-    //LL paddock_sys::landlock::restrict_self(&ro[..nro], &rw[..nrw], true).map_err(at(STEP_LANDLOCK))?;
+    paddock_sys::landlock::restrict_self(&ro[..nro], &rw[..nrw], true)
+        .map_err(at(STEP_LANDLOCK))?;
     crate::seccomp::apply(&plan.seccomp)
         .map_err(|e| (STEP_SECCOMP, Errno::from_raw_os_error(e)))?;
     Ok(())

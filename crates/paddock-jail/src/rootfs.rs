@@ -155,7 +155,21 @@ impl Planner {
     }
 
     fn bind(&mut self, host: &Path, inside: &str, writable: bool) -> Result<(), JailError> {
-        let mut attrs = mount_attr::NOSUID | mount_attr::NODEV;
+        self.bind_with(
+            host,
+            inside,
+            writable,
+            mount_attr::NOSUID | mount_attr::NODEV,
+        )
+    }
+
+    fn bind_with(
+        &mut self,
+        host: &Path,
+        inside: &str,
+        writable: bool,
+        mut attrs: u64,
+    ) -> Result<(), JailError> {
         if !writable {
             attrs |= mount_attr::RDONLY;
         }
@@ -187,7 +201,10 @@ impl Planner {
 
 /// Builds the plan for `spec`. `mounts` are the user's binds with their
 /// sources already canonicalised.
-pub fn plan(spec: &SandboxSpec, mounts: &[(PathBuf, PathBuf, bool)]) -> Result<RootfsPlan, JailError> {
+pub fn plan(
+    spec: &SandboxSpec,
+    mounts: &[(PathBuf, PathBuf, bool)],
+) -> Result<RootfsPlan, JailError> {
     let mut p = Planner { steps: Vec::new() };
     let (uid, gid) = (SANDBOX_UID, SANDBOX_GID);
 
@@ -248,7 +265,13 @@ pub fn plan(spec: &SandboxSpec, mounts: &[(PathBuf, PathBuf, bool)]) -> Result<R
         if host.exists() {
             let inside = format!("/dev/{node}");
             p.file(&inside, "")?;
-            p.bind(&host, &inside, true)?;
+            // A device node needs a mount without `nodev` to be usable.
+            p.bind_with(
+                &host,
+                &inside,
+                true,
+                mount_attr::NOSUID | mount_attr::NOEXEC,
+            )?;
         }
     }
     p.mkdir("/dev/pts", 0o755)?;
@@ -324,7 +347,11 @@ pub fn plan(spec: &SandboxSpec, mounts: &[(PathBuf, PathBuf, bool)]) -> Result<R
             }
             p.mkdir(&s, 0o755)?;
             p.push(
-                Step::Chown { path: cstr(Planner::inside(&s))?, uid, gid },
+                Step::Chown {
+                    path: cstr(Planner::inside(&s))?,
+                    uid,
+                    gid,
+                },
                 format!("chown {s}"),
             );
         }
@@ -358,7 +385,10 @@ pub fn resolve_mounts(spec: &SandboxSpec) -> Result<Vec<(PathBuf, PathBuf, bool)
             },
         })?;
         let t = &m.target;
-        if !t.is_absolute() || t.components().any(|c| matches!(c, Component::ParentDir)) || t == Path::new("/") {
+        if !t.is_absolute()
+            || t.components().any(|c| matches!(c, Component::ParentDir))
+            || t == Path::new("/")
+        {
             return Err(JailError::InvalidSpec(format!(
                 "mount target {} must be an absolute path without '..' and not /",
                 t.display()
@@ -395,8 +425,17 @@ mod tests {
         ] {
             assert!(whats.contains(&expected), "missing {expected}: {whats:?}");
         }
-        assert!(!whats.iter().any(|w| w.contains("/etc/shadow") || w.contains("bind /etc to")));
-        assert!(plan.tmpfs_data.to_str().expect("utf8").starts_with("size=268435456,"));
+        assert!(
+            !whats
+                .iter()
+                .any(|w| w.contains("/etc/shadow") || w.contains("bind /etc to"))
+        );
+        assert!(
+            plan.tmpfs_data
+                .to_str()
+                .expect("utf8")
+                .starts_with("size=268435456,")
+        );
     }
 
     #[test]

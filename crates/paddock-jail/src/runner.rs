@@ -73,11 +73,12 @@ impl Stream {
             self.truncated = true;
         }
         self.kept.extend_from_slice(&buf[..keep]);
-        if let Some(out) = self.echo {
-            if keep > 0 && paddock_sys::write_all(out, &buf[..keep]).is_err() {
-                // Our own stdout is gone (e.g. `| head`); keep draining.
-                self.echo = None;
-            }
+        if let Some(out) = self.echo
+            && keep > 0
+            && paddock_sys::write_all(out, &buf[..keep]).is_err()
+        {
+            // Our own stdout is gone (e.g. `| head`); keep draining.
+            self.echo = None;
         }
         Ok(())
     }
@@ -132,7 +133,11 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
                 status_open.then(|| sandbox.status_fd()),
                 out.fd.as_ref().map(|f| f.as_fd()),
                 err.fd.as_ref().map(|f| f.as_fd()),
-                if cancelled_by.is_none() { opts.cancel } else { None },
+                if cancelled_by.is_none() {
+                    opts.cancel
+                } else {
+                    None
+                },
             ];
             for (i, src) in sources.iter().enumerate() {
                 if let Some(fd) = src {
@@ -157,14 +162,13 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
         if ready_err {
             err.pump(&mut buf)?;
         }
-        if ready_cancel {
-            if let Some(fd) = opts.cancel {
-                if let Ok(sig) = paddock_sys::signalfd_read(fd) {
-                    cancelled_by = Some(sig.unwrap_or(libc::SIGTERM));
-                    ended_at.get_or_insert_with(Instant::now);
-                    sandbox.kill()?;
-                }
-            }
+        if ready_cancel
+            && let Some(fd) = opts.cancel
+            && let Ok(sig) = paddock_sys::signalfd_read(fd)
+        {
+            cancelled_by = Some(sig.unwrap_or(libc::SIGTERM));
+            ended_at.get_or_insert_with(Instant::now);
+            sandbox.kill()?;
         }
         if ready_status {
             match sandbox.next_report()? {

@@ -118,7 +118,9 @@ impl Sandbox {
             )));
         }
         if spec.mounts.len() > MAX_MOUNTS {
-            return Err(JailError::InvalidSpec(format!("at most {MAX_MOUNTS} mounts")));
+            return Err(JailError::InvalidSpec(format!(
+                "at most {MAX_MOUNTS} mounts"
+            )));
         }
         let mounts = rootfs::resolve_mounts(spec)?;
         let plan = prepare(spec, &mounts)?;
@@ -208,7 +210,10 @@ impl Sandbox {
             Vec::new()
         };
         if tasks_files.len() > 8 {
-            return Err(fail(&*cgroup, JailError::InvalidSpec("more than 8 cgroup hierarchies".into())));
+            return Err(fail(
+                &*cgroup,
+                JailError::InvalidSpec("more than 8 cgroup hierarchies".into()),
+            ));
         }
         let mut tasks = [-1; 8];
         for (slot, f) in tasks.iter_mut().zip(&tasks_files) {

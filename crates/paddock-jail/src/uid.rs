@@ -67,7 +67,7 @@ mod tests {
         let a = UidLease::acquire().expect("lease a");
         let b = UidLease::acquire().expect("lease b");
         assert_ne!(a.base(), b.base());
-        assert!(a.base() >= BASE_UID && a.base() % RANGE == 0);
+        assert!(a.base() >= BASE_UID && a.base().is_multiple_of(RANGE));
         let freed = a.base();
         drop(a);
         // The freed slot can be taken again (flock released on close).

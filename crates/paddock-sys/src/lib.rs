@@ -18,7 +18,11 @@ pub use rustix::io::Errno;
 pub type SysResult<T> = Result<T, Errno>;
 
 fn errno() -> Errno {
-    Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 fn check(ret: c_int) -> SysResult<c_int> {
@@ -202,17 +206,13 @@ pub fn unshare(flags: c_int) -> SysResult<()> {
     check(unsafe { libc::unshare(flags) }).map(drop)
 }
 
-/// Resets every signal disposition to default and unblocks all signals, as a
-/// freshly exec'd program expects.
+/// Prepares the signal state a freshly exec'd program expects: `SIGPIPE`
+/// back to its default (Rust ignores it, and an ignored signal survives
+/// `execve`; handlers do not, so nothing else needs resetting) and an empty
+/// signal mask.
 pub fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: SIG_DFL is always a valid disposition; errors (invalid
-        // signal numbers) are harmless and ignored.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
+    // SAFETY: SIG_DFL is always a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // SAFETY: an empty, initialised set passed by pointer.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -313,10 +313,8 @@ pub fn mount(
     let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: every pointer is either null or a NUL-terminated string that
     // outlives the call.
-    check(unsafe {
-        libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast())
-    })
-    .map(drop)
+    check(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(drop)
 }
 
 /// `open_tree(path, OPEN_TREE_CLONE [| AT_RECURSIVE])`: a detached copy of the
@@ -360,7 +358,7 @@ pub fn set_mount_attrs(tree: BorrowedFd<'_>, attrs: u64) -> SysResult<()> {
     let attr = MountAttr {
         attr_set: attrs,
         attr_clr: 0,
-        propagation: libc::MS_PRIVATE as u64,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     let empty = c"";
@@ -544,7 +542,8 @@ pub fn set_no_new_privs() -> SysResult<()> {
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> SysResult<()> {
     // SAFETY: plain socket(2); closed below.
-    let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -639,7 +638,13 @@ impl ExecImage {
         for path in &self.candidates {
             // SAFETY: path, argv and envp are NUL-terminated and the arrays
             // are null-terminated; all are owned by `self`.
-            unsafe { libc::execve(path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
+            unsafe {
+                libc::execve(
+                    path.as_ptr(),
+                    self.argv_ptrs.as_ptr(),
+                    self.envp_ptrs.as_ptr(),
+                )
+            };
             let e = errno();
             if e != Errno::NOENT && e != Errno::NOTDIR {
                 best = e;
@@ -681,7 +686,13 @@ pub fn signalfd_read(fd: BorrowedFd<'_>) -> SysResult<Option<i32>> {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: `info` is a writable buffer of `size` bytes.
-    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
     if n < 0 {
         let e = errno();
         return if e == Errno::AGAIN { Ok(None) } else { Err(e) };

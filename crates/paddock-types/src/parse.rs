@@ -127,7 +127,10 @@ pub fn parse_mount(s: &str) -> Result<Mount, ParseError> {
     };
     let source = PathBuf::from(src);
     let target = PathBuf::from(dst);
-    if !source.is_absolute() || !target.is_absolute() || has_dot_dot(&target) || target == Path::new("/")
+    if !source.is_absolute()
+        || !target.is_absolute()
+        || has_dot_dot(&target)
+        || target == Path::new("/")
     {
         return Err(err());
     }
@@ -158,7 +161,17 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1.5K"), Ok(1536));
         assert_eq!(parse_size("4096"), Ok(4096));
-        for bad in ["", "M", "0", "-1M", "12X", "1..2M", "abc", "1e9", "99999999T"] {
+        for bad in [
+            "",
+            "M",
+            "0",
+            "-1M",
+            "12X",
+            "1..2M",
+            "abc",
+            "1e9",
+            "99999999T",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad} should be refused");
         }
     }

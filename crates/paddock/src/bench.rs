@@ -72,9 +72,17 @@ fn bwrap_argv(cmd: &[&str]) -> Vec<String> {
         }
     }
     v.extend(
-        ["--proc", "/proc", "--dev", "/dev", "--unshare-all", "--die-with-parent", "--"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--unshare-all",
+            "--die-with-parent",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     v.extend(cmd.iter().map(|s| s.to_string()));
     v
@@ -103,7 +111,9 @@ pub fn main(args: BenchArgs) -> Result<()> {
     };
     let bwrap = have("bwrap");
     if !bwrap {
-        eprintln!("bwrap not found: install bubblewrap for the peer figures (apt-get install bubblewrap)");
+        eprintln!(
+            "bwrap not found: install bubblewrap for the peer figures (apt-get install bubblewrap)"
+        );
     }
     let python = "/usr/bin/python3";
 
@@ -113,15 +123,27 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Case::new("bare fork+exec /usr/bin/true", vec!["/usr/bin/true".into()])?,
     ];
     if bwrap {
-        g1.push(Case::new("bwrap --unshare-all /usr/bin/true", bwrap_argv(&["/usr/bin/true"]))?);
+        g1.push(Case::new(
+            "bwrap --unshare-all /usr/bin/true",
+            bwrap_argv(&["/usr/bin/true"]),
+        )?);
     }
     groups.push(("true", g1));
     let mut g2 = vec![
-        Case::new("paddock run -- python3 -c pass", paddock(&[python, "-c", "pass"]))?,
-        Case::new("bare python3 -c pass", vec![python.into(), "-c".into(), "pass".into()])?,
+        Case::new(
+            "paddock run -- python3 -c pass",
+            paddock(&[python, "-c", "pass"]),
+        )?,
+        Case::new(
+            "bare python3 -c pass",
+            vec![python.into(), "-c".into(), "pass".into()],
+        )?,
     ];
     if bwrap {
-        g2.push(Case::new("bwrap python3 -c pass", bwrap_argv(&[python, "-c", "pass"]))?);
+        g2.push(Case::new(
+            "bwrap python3 -c pass",
+            bwrap_argv(&[python, "-c", "pass"]),
+        )?);
     }
     groups.push(("python", g2));
 
@@ -139,14 +161,23 @@ pub fn main(args: BenchArgs) -> Result<()> {
         }
         let base = cases[0].p(0.5);
         println!("\n{group}: {} runs each, interleaved (ms)", args.runs);
-        println!("{:<40} {:>8} {:>8} {:>14}", "command", "p50", "p95", "paddock/peer");
+        println!(
+            "{:<40} {:>8} {:>8} {:>14}",
+            "command", "p50", "p95", "paddock/peer"
+        );
         for c in cases.iter() {
             let ratio = if c.name.starts_with("paddock") {
                 "-".to_string()
             } else {
                 format!("{:.2}x", base / c.p(0.5))
             };
-            println!("{:<40} {:>8.2} {:>8.2} {:>14}", c.name, c.p(0.5), c.p(0.95), ratio);
+            println!(
+                "{:<40} {:>8.2} {:>8.2} {:>14}",
+                c.name,
+                c.p(0.5),
+                c.p(0.95),
+                ratio
+            );
             report.insert(
                 c.name.to_string(),
                 serde_json::json!({"p50_ms": c.p(0.5), "p95_ms": c.p(0.95), "runs": c.hist.len()}),
@@ -154,10 +185,19 @@ pub fn main(args: BenchArgs) -> Result<()> {
         }
     }
 
-    println!("\nidle memory: {} sandboxes held at once, each running `sleep`", args.idle);
-    let bare = idle_cost(args.idle, &["/usr/bin/sleep".to_string(), "600".to_string()])?;
+    println!(
+        "\nidle memory: {} sandboxes held at once, each running `sleep`",
+        args.idle
+    );
+    let bare = idle_cost(
+        args.idle,
+        &["/usr/bin/sleep".to_string(), "600".to_string()],
+    )?;
     let pad = idle_cost(args.idle, &paddock(&["/usr/bin/sleep", "600"]))?;
-    println!("{:<40} {:>10.0} KiB per process", "bare sleep (payload)", bare);
+    println!(
+        "{:<40} {:>10.0} KiB per process",
+        "bare sleep (payload)", bare
+    );
     println!(
         "{:<40} {:>10.0} KiB per sandbox over the payload",
         "paddock run -- sleep",

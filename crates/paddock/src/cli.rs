@@ -117,13 +117,20 @@ fn mount(s: &str) -> Result<Mount, String> {
     paddock_types::parse_mount(s).map_err(|e| e.to_string())
 }
 fn network(s: &str) -> Result<NetworkMode, String> {
-    s.parse().map_err(|e: paddock_types::ParseError| e.to_string())
+    s.parse()
+        .map_err(|e: paddock_types::ParseError| e.to_string())
 }
 fn abs_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
-    if p.is_absolute() && !p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.is_absolute()
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         Ok(p)
     } else {
-        Err(format!("invalid value '{s}': expected an absolute path without '..'"))
+        Err(format!(
+            "invalid value '{s}': expected an absolute path without '..'"
+        ))
     }
 }

@@ -93,9 +93,15 @@ pub fn main(args: RunArgs) -> i32 {
         }
         return 0;
     }
-    for (truncated, name) in [(result.stdout_truncated, "stdout"), (result.stderr_truncated, "stderr")] {
+    for (truncated, name) in [
+        (result.stdout_truncated, "stdout"),
+        (result.stderr_truncated, "stderr"),
+    ] {
         if truncated {
-            eprintln!("paddock: {name} was cut at {} bytes (--output-limit)", args.output_limit);
+            eprintln!(
+                "paddock: {name} was cut at {} bytes (--output-limit)",
+                args.output_limit
+            );
         }
     }
     match result.status {
