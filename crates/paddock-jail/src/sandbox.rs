@@ -53,6 +53,34 @@ pub fn hierarchy() -> Result<&'static Hierarchy, JailError> {
         .map_err(|e| JailError::Privileges(format!("no usable cgroup: {e}")))
 }
 
+/// Removes the cgroups of `paddock run` processes that died without tearing
+/// down (e.g. killed with SIGKILL): names `run-<pid>-<n>` whose pid is gone.
+/// Best effort, once per process.
+fn clean_stale_cgroups(hierarchy: &Hierarchy) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(dirs) = hierarchy.leftovers() else { return };
+        let mut names: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| d.file_name()?.to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let owner = name
+                .strip_prefix("run-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = owner
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && let Ok(cgroup) = hierarchy.open(&name)
+            {
+                let _ = cgroup.remove();
+            }
+        }
+    });
+}
+
 /// A running sandbox: its init process, its cgroup, its pipes.
 ///
 /// Dropping it kills everything inside and removes the cgroup; call
@@ -125,6 +153,7 @@ impl Sandbox {
         let mounts = rootfs::resolve_mounts(spec)?;
         let plan = prepare(spec, &mounts)?;
         let hierarchy = hierarchy()?;
+        clean_stale_cgroups(hierarchy);
         std::fs::create_dir_all(rootfs::STAGING)
             .map_err(|e| JailError::host(format!("create {}", rootfs::STAGING), e))?;
         let uids = UidLease::acquire()?;
