@@ -42,7 +42,7 @@ pub enum Lang {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Memory limit, e.g. 64M or 1G (no swap).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = memory_size)]
     pub memory: u64,
     /// CPU quota in cores; fractions allowed (0.5).
     #[arg(long, value_name = "N", default_value = "1", value_parser = cpus)]
@@ -101,24 +101,35 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+// clap prints "invalid value 'X' for '--opt <V>': <our text>", so our text
+// is only the accepted form.
+fn expected(e: paddock_types::ParseError) -> String {
+    format!("expected {}", e.expected)
+}
 fn size(s: &str) -> Result<u64, String> {
-    paddock_types::parse_size(s).map_err(|e| e.to_string())
+    paddock_types::parse_size(s).map_err(expected)
+}
+fn memory_size(s: &str) -> Result<u64, String> {
+    let v = size(s)?;
+    if v < MIN_MEMORY {
+        return Err("expected at least 4M (the sandbox itself needs some memory)".into());
+    }
+    Ok(v)
 }
 fn duration(s: &str) -> Result<Duration, String> {
-    paddock_types::parse_duration(s).map_err(|e| e.to_string())
+    paddock_types::parse_duration(s).map_err(expected)
 }
 fn cpus(s: &str) -> Result<u64, String> {
-    paddock_types::parse_cpus(s).map_err(|e| e.to_string())
+    paddock_types::parse_cpus(s).map_err(expected)
 }
 fn env_pair(s: &str) -> Result<(String, String), String> {
-    paddock_types::parse_env(s).map_err(|e| e.to_string())
+    paddock_types::parse_env(s).map_err(expected)
 }
 fn mount(s: &str) -> Result<Mount, String> {
-    paddock_types::parse_mount(s).map_err(|e| e.to_string())
+    paddock_types::parse_mount(s).map_err(expected)
 }
 fn network(s: &str) -> Result<NetworkMode, String> {
-    s.parse()
-        .map_err(|e: paddock_types::ParseError| e.to_string())
+    s.parse().map_err(expected)
 }
 fn abs_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
@@ -129,8 +140,9 @@ fn abs_path(s: &str) -> Result<PathBuf, String> {
     {
         Ok(p)
     } else {
-        Err(format!(
-            "invalid value '{s}': expected an absolute path without '..'"
-        ))
+        Err("expected an absolute path without '..'".to_string())
     }
 }
+
+/// Smallest `--memory` accepted.
+const MIN_MEMORY: u64 = 4 << 20;

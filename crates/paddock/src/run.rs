@@ -130,8 +130,24 @@ fn report_failure(e: &JailError) -> i32 {
             2
         }
         _ => {
-            eprintln!("paddock: could not create the sandbox: {e}");
+            eprintln!("paddock: could not create the sandbox: {}", chain(e));
             EXIT_SANDBOX
         }
     }
+}
+
+/// The error and its causes on one line (`a: b: c`), skipping a cause whose
+/// text the outer message already contains.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
 }
