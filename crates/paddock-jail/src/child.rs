@@ -7,6 +7,7 @@
 //! turns the number back into words with [`describe_step`].
 
 use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
 
 use paddock_init::{Program, Report};
 use paddock_sys::{Errno, ExecImage};
@@ -57,6 +58,8 @@ const STEP_RLIMIT: u32 = 10;
 const STEP_IDS: u32 = 11;
 const STEP_CGROUP: u32 = 12;
 const PLAN_BASE: u32 = 100;
+/// Most bind mounts one sandbox can have (system binds plus `--mount`s).
+const MAX_BINDS: usize = 64;
 const STEP_IDENTITY: u32 = 900;
 const STEP_LANDLOCK: u32 = 901;
 const STEP_SECCOMP: u32 = 902;
@@ -139,6 +142,20 @@ fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
 // ORDER: this is the sequence of the sandbox's setup; each step relies on
 // the ones before it.
 fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
+    let rootfs = &plan.rootfs;
+    // 0. Take the bind sources now, while we still carry the host's root
+    //    ids: a source inside a root-only directory (e.g. under /root) can
+    //    only be reached as the host's uid 0, not as the sandbox's range.
+    let mut trees: [Option<OwnedFd>; MAX_BINDS] = [const { None }; MAX_BINDS];
+    let mut ntrees = 0;
+    for (i, planned) in rootfs.steps.iter().enumerate() {
+        if let Step::Bind { source, .. } = &planned.step {
+            let step = PLAN_BASE + i as u32;
+            let slot = trees.get_mut(ntrees).ok_or((step, Errno::NOSPC))?;
+            *slot = Some(paddock_sys::clone_mount(source, true).map_err(at(step))?);
+            ntrees += 1;
+        }
+    }
     // 1. Wait until the host has written our uid/gid maps and put us into
     //    our cgroup; EOF means the host gave up.
     let mut go = [0u8; 1];
@@ -158,7 +175,6 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     paddock_sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(at(STEP_PRIVATE))?;
     // 5. The writable layer, then the tree on it.
-    let rootfs = &plan.rootfs;
     paddock_sys::mount(
         Some(c"paddock"),
         &rootfs.staging,
@@ -167,8 +183,13 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
         Some(&rootfs.tmpfs_data),
     )
     .map_err(at(STEP_TMPFS))?;
+    let mut trees = trees.iter_mut();
     for (i, planned) in rootfs.steps.iter().enumerate() {
-        run_step(&planned.step).map_err(at(PLAN_BASE + i as u32))?;
+        let tree = match planned.step {
+            Step::Bind { .. } => trees.next().and_then(Option::take),
+            _ => None,
+        };
+        run_step(&planned.step, tree).map_err(at(PLAN_BASE + i as u32))?;
     }
     // 6. Make it the root; the old root disappears with the lazy unmount.
     paddock_sys::chdir(&rootfs.staging).map_err(at(STEP_PIVOT))?;
@@ -185,7 +206,7 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     Ok(())
 }
 
-fn run_step(step: &Step) -> Result<(), Errno> {
+fn run_step(step: &Step, tree: Option<OwnedFd>) -> Result<(), Errno> {
     match step {
         Step::Mkdir { path, mode } => {
             paddock_sys::mkdir(path, *mode)?;
@@ -198,14 +219,10 @@ fn run_step(step: &Step) -> Result<(), Errno> {
             mode,
         } => paddock_sys::write_file(path, contents, *mode),
         Step::Chown { path, uid, gid } => paddock_sys::chown(path, *uid, *gid),
-        Step::Bind {
-            source,
-            target,
-            attrs,
-        } => {
-            let tree = paddock_sys::clone_mount(source, true)?;
-            paddock_sys::set_mount_attrs(std::os::fd::AsFd::as_fd(&tree), *attrs)?;
-            paddock_sys::move_mount(std::os::fd::AsFd::as_fd(&tree), target)
+        Step::Bind { target, attrs, .. } => {
+            let tree = tree.ok_or(Errno::BADF)?;
+            paddock_sys::set_mount_attrs(tree.as_fd(), *attrs)?;
+            paddock_sys::move_mount(tree.as_fd(), target)
         }
         Step::Proc { target } => paddock_sys::mount(
             Some(c"proc"),

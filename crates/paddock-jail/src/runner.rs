@@ -32,7 +32,8 @@ pub struct RunOptions<'a> {
 pub struct RunOutcome {
     /// The result object.
     pub result: RunResult,
-    /// The signal that cancelled the run, when `cancel` fired.
+    /// The signal that cancelled the run: the one read from `cancel`, or
+    /// `SIGPIPE` when our own stdout/stderr went away during passthrough.
     pub cancelled_by: Option<i32>,
 }
 
@@ -42,6 +43,8 @@ struct Stream {
     truncated: bool,
     limit: usize,
     echo: Option<i32>,
+    /// Our own end of the echo went away (e.g. `paddock run … | head`).
+    broken: bool,
 }
 
 impl Stream {
@@ -52,6 +55,7 @@ impl Stream {
             truncated: false,
             limit,
             echo,
+            broken: false,
         }
     }
 
@@ -77,8 +81,10 @@ impl Stream {
             && keep > 0
             && paddock_sys::write_all(out, &buf[..keep]).is_err()
         {
-            // Our own stdout is gone (e.g. `| head`); keep draining.
+            // Nobody reads our output any more: the run ends, as a shell
+            // pipeline's writer would end by SIGPIPE.
             self.echo = None;
+            self.broken = true;
         }
         Ok(())
     }
@@ -161,6 +167,11 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
         }
         if ready_err {
             err.pump(&mut buf)?;
+        }
+        if (out.broken || err.broken) && cancelled_by.is_none() {
+            cancelled_by = Some(libc::SIGPIPE);
+            ended_at.get_or_insert_with(Instant::now);
+            sandbox.kill()?;
         }
         if ready_cancel
             && let Some(fd) = opts.cancel

@@ -59,7 +59,9 @@ pub fn hierarchy() -> Result<&'static Hierarchy, JailError> {
 fn clean_stale_cgroups(hierarchy: &Hierarchy) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let Ok(dirs) = hierarchy.leftovers() else { return };
+        let Ok(dirs) = hierarchy.leftovers() else {
+            return;
+        };
         let mut names: Vec<String> = dirs
             .iter()
             .filter_map(|d| d.file_name()?.to_str().map(str::to_string))

@@ -42,22 +42,22 @@ pub enum Lang {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Memory limit, e.g. 64M or 1G (no swap).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = memory_size)]
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = memory_size, allow_hyphen_values = true)]
     pub memory: u64,
     /// CPU quota in cores; fractions allowed (0.5).
-    #[arg(long, value_name = "N", default_value = "1", value_parser = cpus)]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = cpus, allow_hyphen_values = true)]
     pub cpus: u64,
     /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u64).range(1..=1_000_000), allow_hyphen_values = true)]
     pub pids: u64,
     /// Wall-clock limit, e.g. 500ms, 10s, 2m.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
     pub timeout: Duration,
     /// Size of the writable layer (/, /tmp, /home/user).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size, allow_hyphen_values = true)]
     pub disk: u64,
     /// Bytes kept per output stream; the rest is dropped and flagged.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = size, allow_hyphen_values = true)]
     pub output_limit: u64,
     /// Network: `none` (only the sandbox's own loopback) or `loopback`.
     #[arg(long, value_name = "MODE", default_value = "none", value_parser = network)]

@@ -79,6 +79,11 @@ pub fn main(args: RunArgs) -> i32 {
         Err(e) => return report_failure(&e),
     };
     if let Some(sig) = outcome.cancelled_by {
+        if sig == libc::SIGPIPE {
+            // Our reader went away (`paddock run … | head`): end quietly, as
+            // the writer of a shell pipeline does.
+            return 128 + sig;
+        }
         eprintln!("paddock: interrupted by signal {sig}; the sandbox was killed");
         return 128 + sig;
     }
