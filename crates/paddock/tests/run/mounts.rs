@@ -51,13 +51,13 @@ fn mounts_are_read_only_by_default() {
 fn rw_mounts_are_writable_and_the_host_sees_the_result() {
     let _g = setup();
     let dir = shared_tempdir(true);
-    let spec = format!("{}:/home/user/work:rw", dir.path().display());
+    let spec = format!("{}:/home/user/data:rw", dir.path().display());
     let out = run(
         &["--mount", &spec],
         &[
             "sh",
             "-c",
-            "echo written-inside > /home/user/work/out.txt && mkdir /home/user/work/sub && echo ok",
+            "echo written-inside > /home/user/data/out.txt && mkdir /home/user/data/sub && echo ok",
         ],
     );
     out.expect_code(0, "writing through an rw mount");
