@@ -44,8 +44,6 @@ pub const STEP_FORK: u32 = 1001;
 
 /// Runs init: starts `program`, reaps, reports on `status_fd`, never returns.
 pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
-    // SAFETY-relevant: we are single-threaded here (a fresh clone) and do not
-    // allocate in either branch.
     // SAFETY: the child only runs allocation-free code until execve/_exit.
     let forked = unsafe { paddock_sys::raw_fork() };
     let main_pid = match forked {

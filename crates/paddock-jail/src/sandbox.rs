@@ -96,7 +96,7 @@ pub struct Sandbox {
     stderr: Option<OwnedFd>,
     cgroup: Box<dyn Cgroup>,
     rootfs_steps: Vec<String>,
-    _uids: UidLease,
+    uids: UidLease,
     started: Instant,
     reaped: bool,
     removed: bool,
@@ -290,7 +290,7 @@ impl Sandbox {
             stderr: err_r,
             cgroup,
             rootfs_steps: plan.rootfs.steps.iter().map(|s| s.what.clone()).collect(),
-            _uids: uids,
+            uids,
             started,
             reaped: false,
             removed: false,
@@ -305,7 +305,7 @@ impl Sandbox {
     }
 
     fn release(&mut self, go_w: OwnedFd) -> Result<(), JailError> {
-        let base = self._uids.base();
+        let base = self.uids.base();
         let map = format!("0 {base} {RANGE}\n");
         for file in ["uid_map", "gid_map"] {
             let path = format!("/proc/{}/{file}", self.pid);
@@ -387,7 +387,7 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Waits for init to exit (blocking) and reaps it; returns its exit code.
+    /// Waits for init to exit (blocking) and reaps it. Idempotent.
     pub fn reap(&mut self) -> Result<(), JailError> {
         if !self.reaped {
             match paddock_sys::wait_child(self.pid) {
