@@ -115,13 +115,7 @@ fn parent_file_descriptors_do_not_leak_in() {
         "exec 7</etc/hostname 250</etc/passwd 9<>/proc/self/status; exec {PADDOCK} {}",
         run_args(&[], &["ls", "/proc/self/fd"]).join(" ")
     );
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg("-c")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = finish(cmd, None, DEADLINE);
+    let out = bash(&script);
     out.expect_code(0, "ls /proc/self/fd with inherited fds");
     let fds: Vec<u32> = out
         .stdout_str()
@@ -145,13 +139,18 @@ fn parent_file_descriptors_do_not_leak_in() {
         "exec 7</etc/hostname; exec {PADDOCK} run -- python3 -c \
          'import os; print(sorted(int(x) for x in os.listdir(\"/proc/self/fd\")))'"
     );
+    let out = bash(&script);
+    out.expect_code(0, "python listing fds");
+    assert_eq!(out.stdout_str(), "[0, 1, 2, 3]\n", "{}", out.describe());
+}
+
+/// Runs `script` with `bash -c` (which execs paddock with extra fds open).
+fn bash(script: &str) -> crate::common::Out {
     let mut cmd = std::process::Command::new("bash");
     cmd.arg("-c")
-        .arg(&script)
+        .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = finish(cmd, None, DEADLINE);
-    out.expect_code(0, "python listing fds");
-    assert_eq!(out.stdout_str(), "[0, 1, 2, 3]\n", "{}", out.describe());
+    finish(cmd, None, DEADLINE)
 }
