@@ -35,6 +35,10 @@ pub struct Program<'a> {
     /// `execve`. On failure it returns the number of the failed step (echoed
     /// back to the host in a [`ReportKind::SetupFailed`] report) and the errno.
     pub confine: &'a dyn Fn() -> Result<(), (u32, Errno)>,
+    /// An fd meant for the program alone (its channel to the host): the
+    /// program inherits it, init closes its own copy after the fork so that
+    /// the host sees EOF as soon as the program is gone.
+    pub channel: Option<RawFd>,
 }
 
 /// Step number reported when `chdir` to the working directory fails.
@@ -54,6 +58,9 @@ pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
         Ok(None) => start_program(program, status_fd),
         Ok(Some(pid)) => pid,
     };
+    if let Some(fd) = program.channel {
+        paddock_sys::close(fd);
+    }
     Report::new(ReportKind::Started, main_pid, 0).send(status_fd);
     loop {
         match paddock_sys::wait_child(-1) {

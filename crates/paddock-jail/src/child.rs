@@ -16,8 +16,10 @@ use paddock_types::{SANDBOX_GID, SANDBOX_UID};
 use crate::rootfs::{RootfsPlan, Step};
 
 /// fd numbers inside the child (fixed so that nothing else can collide).
-pub(crate) const FD_STATUS: i32 = 3;
+/// The program inherits 0–2 and, when the host passed one, the channel at 3.
+pub(crate) const FD_CHANNEL: i32 = 3;
 const FD_GO: i32 = 4;
+pub(crate) const FD_STATUS: i32 = 5;
 
 /// The fds the child receives, already duplicated above 10 by the parent.
 pub(crate) struct ChildFds {
@@ -29,6 +31,8 @@ pub(crate) struct ChildFds {
     pub stderr: i32,
     pub status: i32,
     pub go: i32,
+    /// The program's channel to the host (a socket), or -1.
+    pub channel: i32,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -119,6 +123,7 @@ pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
         image: &plan.image,
         workdir: &plan.workdir,
         confine: &confine,
+        channel: (fds.channel >= 0).then_some(FD_CHANNEL),
     };
     paddock_init::run_pid1(&program, FD_STATUS)
 }
@@ -131,8 +136,11 @@ fn arrange_fds(fds: &ChildFds) -> Result<(), Errno> {
     paddock_sys::dup2(fds.stderr, 2)?;
     paddock_sys::dup2(fds.status, FD_STATUS)?;
     paddock_sys::dup2(fds.go, FD_GO)?;
+    if fds.channel >= 0 {
+        paddock_sys::dup2(fds.channel, FD_CHANNEL)?;
+    }
     // No fd of the parent leaks into the sandbox.
-    paddock_sys::close_from(FD_GO + 1)
+    paddock_sys::close_from(FD_STATUS + 1)
 }
 
 fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {

@@ -21,6 +21,7 @@
 mod child;
 mod error;
 pub mod rootfs;
+pub mod reexec;
 mod runner;
 mod sandbox;
 pub mod seccomp;

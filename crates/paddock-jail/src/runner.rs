@@ -97,6 +97,7 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
         Stdio {
             stdin: opts.stdin,
             capture: true,
+            channel: None,
         },
     )?;
     let started = sandbox.started();

@@ -28,6 +28,9 @@ pub struct Stdio {
     /// [`Sandbox::take_stdout`]); otherwise the sandbox writes to
     /// `/dev/null`.
     pub capture: bool,
+    /// A channel for the program (typically one end of a socketpair): the
+    /// program finds it at fd 3. Nothing else of the host reaches it.
+    pub channel: Option<OwnedFd>,
 }
 
 /// Namespaces every sandbox gets (the cgroup namespace is entered by the
@@ -222,6 +225,10 @@ impl Sandbox {
             ])
         })()
         .map_err(|e| fail(&*cgroup, e))?;
+        let channel = match &stdio.channel {
+            Some(fd) => Some(high(fd.as_fd()).map_err(|e| fail(&*cgroup, e))?),
+            None => None,
+        };
         // cgroup v1: the child moves itself in through these (see child.rs).
         let tasks_files = if cgroup.dir_fd().is_none() {
             cgroup
@@ -258,6 +265,7 @@ impl Sandbox {
             stderr: child_fds[2].as_raw_fd(),
             status: child_fds[3].as_raw_fd(),
             go: child_fds[4].as_raw_fd(),
+            channel: channel.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         };
 
         // SAFETY: the child runs only `child::main`, which is allocation-free
@@ -279,6 +287,8 @@ impl Sandbox {
             }
         };
         drop(child_fds);
+        drop(channel);
+        drop(stdio.channel);
         drop(tasks_files);
         drop((status_w, go_r, out_w, err_w, stdin));
 
