@@ -20,8 +20,8 @@
 
 mod child;
 mod error;
-pub mod rootfs;
 pub mod reexec;
+pub mod rootfs;
 mod runner;
 mod sandbox;
 pub mod seccomp;

@@ -134,6 +134,17 @@ pub enum ExitKind {
     Signaled(i32),
 }
 
+/// How a wait status says the process ended (`None`: stopped/continued).
+fn exit_kind(status: c_int) -> Option<ExitKind> {
+    if libc::WIFEXITED(status) {
+        Some(ExitKind::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(ExitKind::Signaled(libc::WTERMSIG(status)))
+    } else {
+        None
+    }
+}
+
 /// `waitpid(pid, 0)`: blocks until a child (or any child for `-1`) ends;
 /// returns its pid and how it ended; `Err(ECHILD)` when none are left.
 pub fn wait_child(pid: i32) -> SysResult<(i32, ExitKind)> {
@@ -144,18 +155,64 @@ pub fn wait_child(pid: i32) -> SysResult<(i32, ExitKind)> {
         match check(ret) {
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e),
-            Ok(p) => {
-                let kind = if libc::WIFEXITED(status) {
-                    ExitKind::Exited(libc::WEXITSTATUS(status))
-                } else if libc::WIFSIGNALED(status) {
-                    ExitKind::Signaled(libc::WTERMSIG(status))
-                } else {
+            Ok(p) => match exit_kind(status) {
+                Some(kind) => return Ok((p, kind)),
+                None => continue,
+            },
+        }
+    }
+}
+
+/// Resources a reaped child used (from `wait4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildUsage {
+    /// User plus system CPU time, in microseconds.
+    pub cpu_us: u64,
+    /// Peak resident set size of the child (or its largest waited-for
+    /// descendant), in bytes.
+    pub max_rss_bytes: u64,
+}
+
+/// `wait4(pid, WNOHANG)`: reaps `pid` if it has ended, with its resource
+/// usage; `Ok(None)` while it runs.
+pub fn try_wait_usage(pid: i32) -> SysResult<Option<(ExitKind, ChildUsage)>> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: all-zero is a valid `rusage`.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `usage` are valid out pointers.
+        let ret = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        match check(ret) {
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(_) => {
+                let Some(kind) = exit_kind(status) else {
                     continue;
                 };
-                return Ok((p, kind));
+                let micros = |tv: libc::timeval| {
+                    (tv.tv_sec.max(0) as u64) * 1_000_000 + tv.tv_usec.max(0) as u64
+                };
+                let usage = ChildUsage {
+                    cpu_us: micros(usage.ru_utime) + micros(usage.ru_stime),
+                    max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+                };
+                return Ok(Some((kind, usage)));
             }
         }
     }
+}
+
+/// Takes ownership of an fd this process inherited (e.g. the channel at
+/// fd 3 that the host passes to a sandboxed paddock). Fails with `EBADF` if
+/// it is not open; marks it close-on-exec so no child inherits it.
+pub fn take_inherited_fd(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: F_GETFD only reads the flags of `fd`.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    set_cloexec(fd)?;
+    // SAFETY: `fd` is open (checked above) and, by the caller's contract,
+    // owned by nobody else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `kill(pid, sig)`. `pid == -1` inside a pid namespace's init reaches every
@@ -513,12 +570,16 @@ pub fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> SysResult<()> {
             0,
         )
     })?;
+    // Raw syscalls, not glibc's wrappers: those broadcast the change to
+    // every thread glibc knows of, and a process cloned from a threaded
+    // parent inherits the parent's thread list; a thread that was being
+    // created at clone time is waited for forever (seen as a hung sandbox).
     // SAFETY: an empty group list (null pointer, zero length).
-    check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    check_long(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
     // SAFETY: plain syscalls with integer arguments.
-    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    check_long(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
     // SAFETY: as above.
-    check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    check_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
     let header = CapHeader {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
@@ -710,11 +771,17 @@ pub fn umask(mask: u32) {
 /// supplementary groups; needed once the maps are written, because until
 /// then the process still carries the host's ids, which are unmapped there.
 pub fn become_namespace_root() -> SysResult<()> {
+    // Raw syscalls: glibc's wrappers would wait for threads of the parent
+    // that do not exist here (see `drop_privileges`).
     // SAFETY: plain syscalls with integer arguments / an empty group list.
     unsafe {
-        check(libc::setresgid(0, 0, 0))?;
-        check(libc::setresuid(0, 0, 0))?;
-        check(libc::setgroups(0, std::ptr::null()))?;
+        check_long(libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
+        check_long(libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
+        check_long(libc::syscall(
+            libc::SYS_setgroups,
+            0,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
     }
     Ok(())
 }

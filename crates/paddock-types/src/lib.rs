@@ -203,3 +203,33 @@ pub fn format_duration(d: Duration) -> String {
         format!("{ms}ms")
     }
 }
+
+/// Formats a byte count the way `--memory`/`--disk` take it (`512M`, `1G`,
+/// `1536K`, `100`): the largest binary unit that divides it exactly.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_format_back_to_what_parses() {
+        for (n, s) in [
+            (512 << 20, "512M"),
+            (1 << 30, "1G"),
+            (1536 << 10, "1536K"),
+            (100, "100"),
+        ] {
+            assert_eq!(format_size(n), s);
+            assert_eq!(parse_size(s).unwrap(), n);
+        }
+        assert_eq!(format_size(0), "0");
+    }
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Suite};
 
 struct Case {
     name: &'static str,
@@ -101,8 +101,21 @@ fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("locate the paddock binary")
 }
 
-/// Runs the benchmark and prints the table.
+/// Runs the chosen suites, one after the other.
 pub fn main(args: BenchArgs) -> Result<()> {
+    let mut suites = args.suite.clone();
+    suites.dedup();
+    for suite in suites {
+        match suite {
+            Suite::Core => core(&args)?,
+            Suite::Sandbox => crate::bench_sandbox::main(&args)?,
+        }
+    }
+    Ok(())
+}
+
+/// The isolation core: `paddock run` against its peers, and idle memory.
+fn core(args: &BenchArgs) -> Result<()> {
     let exe = self_exe()?.to_string_lossy().into_owned();
     let paddock = |cmd: &[&str]| {
         let mut v = vec![exe.clone(), "run".to_string(), "--".to_string()];

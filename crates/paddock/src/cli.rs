@@ -26,6 +26,14 @@ pub enum Command {
     Run(RunArgs),
     /// Measure paddock against bubblewrap and bare processes (p50/p95, ratios).
     Bench(BenchArgs),
+    /// Open a sandbox with one code context and read code from the terminal
+    /// (or a pipe), printing output and results as a notebook would, until
+    /// EOF. Ctrl-C interrupts the running code, not the REPL.
+    Repl(ReplArgs),
+    /// The in-sandbox agent of persistent sandboxes (started by paddock
+    /// inside a sandbox; not for direct use).
+    #[command(hide = true)]
+    Agent,
 }
 
 /// Interpreters `--lang` knows.
@@ -41,21 +49,11 @@ pub enum Lang {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Memory limit, e.g. 64M or 1G (no swap).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = memory_size, allow_hyphen_values = true)]
-    pub memory: u64,
-    /// CPU quota in cores; fractions allowed (0.5).
-    #[arg(long, value_name = "N", default_value = "1", value_parser = cpus, allow_hyphen_values = true)]
-    pub cpus: u64,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u64).range(1..=1_000_000), allow_hyphen_values = true)]
-    pub pids: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Wall-clock limit, e.g. 500ms, 10s, 2m.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
     pub timeout: Duration,
-    /// Size of the writable layer (/, /tmp, /home/user).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size, allow_hyphen_values = true)]
-    pub disk: u64,
     /// Bytes kept per output stream; the rest is dropped and flagged.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = size, allow_hyphen_values = true)]
     pub output_limit: u64,
@@ -88,8 +86,68 @@ pub struct RunArgs {
     pub program: Vec<String>,
 }
 
+/// The resource limits of a sandbox (shared by `run` and `repl`).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Memory limit, e.g. 64M or 1G (no swap).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = memory_size, allow_hyphen_values = true)]
+    pub memory: u64,
+    /// CPU quota in cores; fractions allowed (0.5).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = cpus, allow_hyphen_values = true)]
+    pub cpus: u64,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u64).range(1..=1_000_000), allow_hyphen_values = true)]
+    pub pids: u64,
+    /// Size of the writable layer (/, /tmp, /home/user).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size, allow_hyphen_values = true)]
+    pub disk: u64,
+}
+
+impl LimitArgs {
+    /// The limits as the isolation layer takes them.
+    pub fn to_limits(&self) -> paddock_types::Limits {
+        paddock_types::Limits {
+            memory_bytes: self.memory,
+            cpu_millicores: self.cpus,
+            pids: self.pids,
+            disk_bytes: self.disk,
+            ..paddock_types::Limits::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// The context's language.
+    #[arg(long, value_enum)]
+    pub lang: Lang,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Wall-clock limit of each cell.
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = duration, allow_hyphen_values = true)]
+    pub timeout: Duration,
+    /// Environment variable K=V (repeatable); nothing is inherited from the host.
+    #[arg(long = "env", value_name = "K=V", value_parser = env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Bind a host path: SRC:DST[:ro|rw] (repeatable; read-only by default).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]", value_parser = mount)]
+    pub mounts: Vec<Mount>,
+}
+
+/// What `paddock bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// `paddock run` against bubblewrap and bare processes, idle memory.
+    Core,
+    /// Persistent sandboxes: exec, contexts, files (in one process).
+    Sandbox,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Which benchmark to run (repeatable; default: core).
+    #[arg(long, value_enum, default_value = "core")]
+    pub suite: Vec<Suite>,
     /// Runs per measured command (at least 200 for the published figures).
     #[arg(long, default_value = "200", value_parser = clap::value_parser!(u32).range(5..=100_000))]
     pub runs: u32,

@@ -2,7 +2,9 @@
 //! crates, and maps their errors to the contract's exit statuses.
 
 mod bench;
+mod bench_sandbox;
 mod cli;
+mod repl;
 mod run;
 
 use clap::Parser;
@@ -10,6 +12,14 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let code = match cli.command {
+        cli::Command::Agent => match paddock_agent::run_on_inherited_channel() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("paddock agent: {e}");
+                1
+            }
+        },
+        cli::Command::Repl(args) => repl::main(args),
         cli::Command::Run(args) => run::main(args),
         cli::Command::Bench(args) => match bench::main(args) {
             Ok(()) => 0,

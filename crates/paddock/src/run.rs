@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use paddock_jail::{JailError, RunOptions};
-use paddock_types::{Limits, SandboxSpec};
+use paddock_types::SandboxSpec;
 
 use crate::cli::{Lang, RunArgs};
 
@@ -31,13 +31,7 @@ pub fn main(args: RunArgs) -> i32 {
         _ => args.program.clone(),
     };
     let mut spec = SandboxSpec::new(argv);
-    spec.limits = Limits {
-        memory_bytes: args.memory,
-        cpu_millicores: args.cpus,
-        pids: args.pids,
-        disk_bytes: args.disk,
-        ..Limits::default()
-    };
+    spec.limits = args.limits.to_limits();
     spec.network = args.network;
     spec.workdir = args.workdir.clone();
     spec.mounts = args.mounts.clone();
