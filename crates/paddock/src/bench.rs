@@ -109,6 +109,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         match suite {
             Suite::Core => core(&args)?,
             Suite::Sandbox => crate::bench_sandbox::main(&args)?,
+            Suite::Functions => crate::bench_functions::main(&args)?,
         }
     }
     Ok(())

@@ -34,6 +34,17 @@ pub enum Command {
     /// inside a sandbox; not for direct use).
     #[command(hide = true)]
     Agent,
+    /// Run a JavaScript function, output = f(input), in a sandboxed worker
+    /// and print its result object (one per line for --inputs).
+    ///
+    /// Exit status: 0 when the result was printed, whatever its status; 2 on
+    /// bad usage or input; 125 if the function could not be run (no worker
+    /// could start, or it died).
+    Fn(crate::functions::FnArgs),
+    /// A function worker (started by paddock inside a sandbox; not for
+    /// direct use).
+    #[command(name = "fn-worker", hide = true)]
+    FnWorker,
 }
 
 /// Interpreters `--lang` knows.
@@ -141,6 +152,8 @@ pub enum Suite {
     Core,
     /// Persistent sandboxes: exec, contexts, files (in one process).
     Sandbox,
+    /// JavaScript functions against isolated-vm and node's vm.
+    Functions,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +170,13 @@ pub struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Functions suite: seconds measured per mode.
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub fn_seconds: u32,
+    /// Functions suite: a node_modules directory holding isolated-vm, for
+    /// the peer figures.
+    #[arg(long, env = "PADDOCK_BENCH_NODE_MODULES", value_name = "DIR")]
+    pub node_modules: Option<PathBuf>,
 }
 
 // clap prints "invalid value 'X' for '--opt <V>': <our text>", so our text

@@ -2,8 +2,10 @@
 //! crates, and maps their errors to the contract's exit statuses.
 
 mod bench;
+mod bench_functions;
 mod bench_sandbox;
 mod cli;
+mod functions;
 mod repl;
 mod run;
 
@@ -20,6 +22,8 @@ fn main() {
             }
         },
         cli::Command::Repl(args) => repl::main(args),
+        cli::Command::Fn(args) => functions::main(args),
+        cli::Command::FnWorker => paddock_functions::worker::main(),
         cli::Command::Run(args) => run::main(args),
         cli::Command::Bench(args) => match bench::main(args) {
             Ok(()) => 0,
