@@ -146,7 +146,12 @@ async fn session(
         let done = match context.complete(&cell).await {
             Ok(Completeness::Incomplete) => false,
             Ok(_) => true,
-            Err(e) => return Err(e).context("the context stopped answering"),
+            Err(e @ SandboxError::ContextDied { .. }) => {
+                status = died(context, e).await?;
+                cell.clear();
+                continue;
+            }
+            Err(e) => return Err(e).context("the sandbox stopped answering"),
         };
         if done {
             status = run_cell(context, &cell, timeout).await?;
