@@ -7,14 +7,17 @@
 //! | path | what |
 //! |---|---|
 //! | `/` | a tmpfs of `--disk` size: the writable layer; everything written in the sandbox stays here |
-//! | `/usr` | the host's `/usr`, read-only (recursively), nosuid, nodev |
-//! | `/bin`, `/lib`, … | the host's top-level links into `/usr` (or read-only binds on non-merged hosts) |
-//! | `/etc` | generated: passwd, group, hosts, hostname, nsswitch.conf, resolv.conf; read-only binds of ld.so.cache, ssl/certs, ssl/openssl.cnf, alternatives |
+//! | `/usr` | the base's `/usr`, read-only (recursively), nosuid, nodev |
+//! | `/bin`, `/lib`, … | the base's top-level links into `/usr` (or read-only binds on non-merged trees) |
+//! | `/etc` | generated: passwd, group, hosts, hostname, nsswitch.conf, resolv.conf; read-only binds of the base's ld.so.cache, ssl/certs, ssl/openssl.cnf, alternatives |
 //! | `/proc` | a fresh procfs of the sandbox's pid namespace |
 //! | `/dev` | null, zero, full, random, urandom, tty (binds of the host nodes), pts (new devpts instance), ptmx, shm, fd, stdin/out/err |
 //! | `/tmp`, `/dev/shm` | `1777` directories on the writable layer |
 //! | `/home/user` | the user's home, owned by uid 1000 |
 //! | `--mount` targets | binds of host paths, read-only unless `rw` |
+//!
+//! The base is the host's own tree, or the directory given as
+//! [`SandboxSpec::rootfs`] (a template: e.g. a debootstrap result).
 //!
 //! Nothing else of the host exists inside: no `/root`, `/home`, `/sys`, `/run`,
 //! `/var`, or the directory paddock was started from.
@@ -207,12 +210,13 @@ pub fn plan(
 ) -> Result<RootfsPlan, JailError> {
     let mut p = Planner { steps: Vec::new() };
     let (uid, gid) = (SANDBOX_UID, SANDBOX_GID);
+    let base = base_tree(spec)?;
 
     // /usr and the top-level links into it.
     p.mkdir("/usr", 0o755)?;
-    p.bind(Path::new("/usr"), "/usr", false)?;
+    p.bind(&base.join("usr"), "/usr", false)?;
     for name in TOP_LEVEL {
-        let host = PathBuf::from("/").join(name);
+        let host = base.join(name);
         match std::fs::symlink_metadata(&host) {
             Ok(m) if m.file_type().is_symlink() => {
                 let target = std::fs::read_link(&host)
@@ -249,12 +253,11 @@ pub fn plan(
         ),
     )?;
     p.file("/etc/resolv.conf", "")?;
-    for host in ETC_BINDS {
-        let host = Path::new(host);
+    for inside in ETC_BINDS {
+        let host = base.join(inside.trim_start_matches('/'));
         if host.exists() {
-            let inside = host.to_string_lossy().into_owned();
-            p.mount_point(host, &inside)?;
-            p.bind(host, &inside, false)?;
+            p.mount_point(&host, inside)?;
+            p.bind(&host, inside, false)?;
         }
     }
 
@@ -362,6 +365,36 @@ pub fn plan(
         tmpfs_data: cstr(format!("size={},mode=755", spec.limits.disk_bytes))?,
         steps: p.steps,
     })
+}
+
+/// The tree the sandbox's `/usr`, top-level links and `/etc` essentials
+/// come from: `/`, or the spec's `rootfs`, which must be an absolute path to
+/// a directory with a `usr` directory in it.
+fn base_tree(spec: &SandboxSpec) -> Result<PathBuf, JailError> {
+    let Some(dir) = &spec.rootfs else {
+        return Ok(PathBuf::from("/"));
+    };
+    let invalid =
+        |why: &str| JailError::InvalidSpec(format!("root filesystem {}: {why}", dir.display()));
+    if !dir.is_absolute() {
+        return Err(invalid("must be an absolute path"));
+    }
+    let dir = std::fs::canonicalize(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            invalid("does not exist")
+        } else {
+            invalid(&e.to_string())
+        }
+    })?;
+    if !dir.is_dir() {
+        return Err(invalid("is not a directory"));
+    }
+    if !dir.join("usr").is_dir() {
+        return Err(invalid(
+            "has no usr/ directory (expected a Linux tree such as a debootstrap result)",
+        ));
+    }
+    Ok(dir)
 }
 
 /// Checks the user's mounts: absolute, existing sources (canonicalised, so

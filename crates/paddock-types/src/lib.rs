@@ -89,6 +89,11 @@ pub struct SandboxSpec {
     pub mounts: Vec<Mount>,
     /// Hostname inside.
     pub hostname: String,
+    /// The base root filesystem: a host directory holding a Linux tree (at
+    /// least `usr/`, e.g. a debootstrap result) whose `/usr`, top-level
+    /// links and `/etc` essentials the sandbox sees instead of the host's.
+    /// `None`: the host's own.
+    pub rootfs: Option<PathBuf>,
 }
 
 /// The user the program runs as inside the sandbox.
@@ -109,6 +114,7 @@ impl SandboxSpec {
             network: NetworkMode::None,
             mounts: Vec::new(),
             hostname: "sandbox".to_string(),
+            rootfs: None,
         }
     }
 

@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Bind a host path: SRC:DST[:ro|rw] (repeatable; read-only by default).
     #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]", value_parser = mount)]
     pub mounts: Vec<Mount>,
+    /// Base root filesystem: a host directory with a Linux tree (e.g. a
+    /// debootstrap result) used instead of the host's /usr and /etc files.
+    #[arg(long, value_name = "DIR", value_parser = abs_path)]
+    pub rootfs: Option<PathBuf>,
     /// Pass paddock's stdin through to the program (default: empty stdin).
     #[arg(long)]
     pub stdin: bool,

@@ -35,6 +35,7 @@ pub fn main(args: RunArgs) -> i32 {
     spec.network = args.network;
     spec.workdir = args.workdir.clone();
     spec.mounts = args.mounts.clone();
+    spec.rootfs = args.rootfs.clone();
     for (k, v) in &args.env {
         spec.set_env(k, v);
     }

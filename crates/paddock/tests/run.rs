@@ -31,6 +31,8 @@ mod network;
 mod output;
 #[path = "run/processes.rs"]
 mod processes;
+#[path = "run/rootfs.rs"]
+mod rootfs;
 #[path = "run/signals.rs"]
 mod signals;
 #[path = "run/syscalls.rs"]
