@@ -494,3 +494,37 @@ pub fn write_file(path: &Path, contents: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
+
+/// A minimal Linux tree: dash, libc and the dynamic loader, merged-/usr
+/// links, and a marker file the host does not have.
+pub fn minimal_tree(root: &Path) {
+    for dir in [
+        "usr/bin",
+        "usr/lib/x86_64-linux-gnu",
+        "usr/lib64",
+        "usr/share",
+        "etc",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(from, root.join(to)).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    };
+    copy("/usr/bin/dash", "usr/bin/sh");
+    copy(
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+    );
+    copy(
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "usr/lib64/ld-linux-x86-64.so.2",
+    );
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    write_file(&root.join("usr/share/marker"), "from the template\n");
+}

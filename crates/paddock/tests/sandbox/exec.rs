@@ -261,3 +261,34 @@ async fn a_wedged_agent_is_reported_as_unresponsive() {
     sb.ping(Duration::from_secs(10)).await.unwrap();
     assert_eq!(sh(&sb, "echo back").await, "back\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_on_a_template_tree_runs_its_agent_through_the_hosts_loader() {
+    drop(crate::common::setup());
+    let tree = crate::common::shared_tempdir(false);
+    crate::common::minimal_tree(tree.path());
+    let mut spec = paddock_types::SandboxSpec::new(Vec::new());
+    spec.rootfs = Some(tree.path().to_path_buf());
+    let sb = paddock_sandbox::Sandbox::create(paddock_sandbox::SandboxConfig {
+        spec,
+        agent_exe: crate::common::PADDOCK.into(),
+    })
+    .await
+    .unwrap();
+    // Programs come from the template: only its dash is there.
+    let out = sh(
+        &sb,
+        "read l < /usr/share/marker; echo $l; for f in /usr/bin/*; do echo $f; done",
+    )
+    .await;
+    assert_eq!(out, "from the template\n/usr/bin/sh\n");
+    let e = sb
+        .exec(ExecRequest::new(["python3", "-c", "1"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.agent_kind(), Some(ErrorKind::ProgramNotFound), "{e}");
+    // Files work as anywhere else.
+    sb.write_file("t.txt", b"template").await.unwrap();
+    assert_eq!(sh(&sb, "read l < t.txt; echo $l").await, "template\n");
+    sb.kill().await.unwrap();
+}
