@@ -29,4 +29,4 @@ pub mod uid;
 
 pub use error::JailError;
 pub use runner::{RunOptions, RunOutcome, run};
-pub use sandbox::{MAX_MOUNTS, Sandbox, Stdio, hierarchy};
+pub use sandbox::{MAX_MOUNTS, Sandbox, Stdio, clean_leftovers, hierarchy};

@@ -56,6 +56,15 @@ pub fn hierarchy() -> Result<&'static Hierarchy, JailError> {
         .map_err(|e| JailError::Privileges(format!("no usable cgroup: {e}")))
 }
 
+/// Kills and removes what sandboxes of paddock processes that died without
+/// tearing down (e.g. a server killed with SIGKILL) left behind: their
+/// cgroups, and with them every process still inside. Best effort; done at
+/// most once per process (it also happens before the first sandbox).
+pub fn clean_leftovers() -> Result<(), JailError> {
+    clean_stale_cgroups(hierarchy()?);
+    Ok(())
+}
+
 /// Removes the cgroups of `paddock run` processes that died without tearing
 /// down (e.g. killed with SIGKILL): names `run-<pid>-<n>` whose pid is gone.
 /// Best effort, once per process.

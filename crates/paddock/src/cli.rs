@@ -41,6 +41,18 @@ pub enum Command {
     /// bad usage or input; 125 if the function could not be run (no worker
     /// could start, or it died).
     Fn(crate::functions::FnArgs),
+    /// Run the HTTP API server (sandboxes, contexts, files, functions).
+    ///
+    /// With no arguments it listens on 127.0.0.1:8080 (or the next free
+    /// port) and prints one generated development API key.
+    Serve(crate::serve::ServeArgs),
+    /// Sandboxes on a `paddock serve` (URL and key from --url/--api-key or
+    /// PADDOCK_URL/PADDOCK_API_KEY): create, list, inspect, exec, kill.
+    Sandbox(crate::client::SandboxArgs),
+    /// Code contexts of a sandbox on a `paddock serve`: create, run, delete.
+    Context(crate::client::ContextArgs),
+    /// Files of a sandbox on a `paddock serve`: put, get, ls, rm.
+    Files(crate::client::FilesArgs),
     /// A function worker (started by paddock inside a sandbox; not for
     /// direct use).
     #[command(name = "fn-worker", hide = true)]

@@ -5,9 +5,11 @@ mod bench;
 mod bench_functions;
 mod bench_sandbox;
 mod cli;
+mod client;
 mod functions;
 mod repl;
 mod run;
+mod serve;
 
 use clap::Parser;
 
@@ -25,6 +27,10 @@ fn main() {
         cli::Command::Fn(args) => functions::main(args),
         cli::Command::FnWorker => paddock_functions::worker::main(),
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Serve(args) => serve::main(args),
+        cli::Command::Sandbox(args) => client::sandbox_main(args),
+        cli::Command::Context(args) => client::context_main(args),
+        cli::Command::Files(args) => client::files_main(args),
         cli::Command::Bench(args) => match bench::main(args) {
             Ok(()) => 0,
             Err(e) => {
