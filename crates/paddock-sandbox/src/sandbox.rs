@@ -315,7 +315,10 @@ impl Sandbox {
                 .await
                 .map_err(|e| SandboxError::Io(std::io::Error::other(e.to_string())))??;
         }
-        self.inner.channel.wait_closed().await;
+        // Everything inside is dead, so the agent's end is closed; the reader
+        // notices at once (bounded, in case the reader task is gone).
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.inner.channel.wait_closed()).await;
         Ok(())
     }
 
