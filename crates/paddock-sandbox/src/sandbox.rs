@@ -96,6 +96,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Threads that clone sandboxes.
+const SPAWNER_THREADS: usize = 4;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+static SPAWNERS: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+    std::sync::OnceLock::new();
+
+/// Runs `f` (a sandbox's clone) on one of a few threads that live as long as
+/// the process. Init's parent-death signal (`PR_SET_PDEATHSIG`) fires when
+/// the *thread* that cloned it ends, not the process: a sandbox cloned from
+/// tokio's blocking pool was killed when that thread retired after 10 s
+/// without work.
+async fn on_spawner_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SandboxError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let jobs = SPAWNERS.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..SPAWNER_THREADS {
+            let queue = queue.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("paddock-spawn-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = lock(&queue).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+        }
+        Mutex::new(jobs)
+    });
+    let gone = || SandboxError::Io(std::io::Error::other("no thread to create the sandbox on"));
+    lock(jobs).send(job).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(mut jail) = lock(&self.jail).take() {
@@ -110,7 +154,7 @@ impl Sandbox {
         let (host_end, agent_end) = std::os::unix::net::UnixStream::pair()?;
         let mut spec = config.spec.clone();
         paddock_jail::reexec::reexec(&mut spec, &config.agent_exe, &["agent"]);
-        let jail = tokio::task::spawn_blocking(move || {
+        let jail = on_spawner_thread(move || {
             paddock_jail::Sandbox::spawn(
                 &spec,
                 paddock_jail::Stdio {
@@ -120,8 +164,7 @@ impl Sandbox {
                 },
             )
         })
-        .await
-        .map_err(|e| SandboxError::Io(std::io::Error::other(e.to_string())))??;
+        .await??;
         let mut jail = jail;
         let status = jail.status_fd().try_clone_to_owned()?;
         let agent_log = Arc::new(Mutex::new(Vec::new()));

@@ -292,3 +292,24 @@ async fn a_sandbox_on_a_template_tree_runs_its_agent_through_the_hosts_loader() 
     assert_eq!(sh(&sb, "read l < t.txt; echo $l").await, "template\n");
     sb.kill().await.unwrap();
 }
+
+/// Init's parent-death signal fires when the *thread* that cloned it ends:
+/// a sandbox must outlive the thread that created it (tokio's blocking pool
+/// retires idle threads, after 10 s by default; 100 ms here).
+#[test]
+fn a_sandbox_outlives_the_thread_that_created_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(100))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sb = sandbox().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(sb.is_alive(), "the sandbox died with its creating thread");
+        let r = sb.exec(ExecRequest::new(["/usr/bin/true"])).await.unwrap();
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        sb.kill().await.unwrap();
+    });
+}
