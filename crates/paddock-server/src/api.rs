@@ -307,6 +307,8 @@ struct LimitsBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// Template name (`default` when absent).
+    template: Option<String>,
     #[serde(default)]
     limits: LimitsBody,
     ttl_s: Option<f64>,
@@ -349,7 +351,17 @@ impl CreateBody {
     fn spec(self, manager: &Manager) -> Result<CreateSpec, ApiError> {
         let cfg = manager.config();
         let d = &cfg.defaults;
-        let mut limits = d.limits.clone();
+        let name = self
+            .template
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_TEMPLATE);
+        let template = cfg.template(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown template {name:?}; known templates: {}",
+                cfg.template_names()
+            ))
+        })?;
+        let mut limits = template.limits.clone();
         if let Some(m) = &self.limits.memory {
             limits.memory_bytes = m.bytes("memory")?;
         }
@@ -368,7 +380,7 @@ impl CreateBody {
             .map_err(|e| ApiError::bad_request(format!("limits: {e}")))?;
         let timeout = match self.limits.timeout_ms {
             Some(v) => timeout_ms(v, "limits.timeout_ms")?,
-            None => d.timeout,
+            None => template.timeout,
         };
         let ttl = match self.ttl_s {
             Some(v) => seconds(v, "ttl_s")?,
@@ -395,6 +407,7 @@ impl CreateBody {
             check_label(k, "key")?;
         }
         Ok(CreateSpec {
+            template: template.name.clone(),
             limits,
             timeout,
             ttl,
@@ -446,14 +459,26 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request("the query is not UTF-8"))
 }
 
-/// `label=k=v` pairs of the query (other parameters are refused).
-fn label_filter(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+/// A list's filters: `label=k=v` pairs and at most one `template=NAME`
+/// (other parameters are refused).
+type ListFilter = (Vec<(String, String)>, Option<String>);
+
+fn label_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
     let mut out = Vec::new();
+    let mut template = None;
     for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        if percent_decode(name)? != "label" {
+        let name = percent_decode(name)?;
+        if name == "template" {
+            if template.is_some() {
+                return Err(ApiError::bad_request("give template= at most once"));
+            }
+            template = Some(percent_decode(value)?);
+            continue;
+        }
+        if name != "label" {
             return Err(ApiError::bad_request(format!(
-                "unknown query parameter {name:?} (use label=KEY=VALUE)"
+                "unknown query parameter {name:?} (use label=KEY=VALUE or template=NAME)"
             )));
         }
         let value = percent_decode(value)?;
@@ -463,7 +488,7 @@ fn label_filter(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> 
             .ok_or_else(|| ApiError::bad_request("label filters are label=KEY=VALUE"))?;
         out.push((k.to_string(), v.to_string()));
     }
-    Ok(out)
+    Ok((out, template))
 }
 
 async fn list_sandboxes(
@@ -471,10 +496,19 @@ async fn list_sandboxes(
     Extension(tenant): TenantExt,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let filter = label_filter(query.as_deref())?;
+    let (filter, template) = label_filter(query.as_deref())?;
+    if let Some(t) = &template {
+        let cfg = state.manager.config();
+        if cfg.template(t).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "unknown template {t:?}; known templates: {}",
+                cfg.template_names()
+            )));
+        }
+    }
     let list: Vec<_> = state
         .manager
-        .list(&tenant.name, &filter)
+        .list(&tenant.name, &filter, template.as_deref())
         .iter()
         .map(|e| e.info())
         .collect();
@@ -647,9 +681,11 @@ async fn exec(
                 Ok(r) => {
                     manager.metrics().execution(
                         Latency::Exec,
+                        "command",
                         status_name(&r.status),
                         started.elapsed(),
                     );
+                    manager.metrics().memory_peak(r.memory_peak_bytes);
                     json_event("result", &r)
                 }
                 Err(e) => error_event(&manager.sandbox_error(&entry, e).await),
@@ -665,9 +701,11 @@ async fn exec(
         Ok((r, bytes)) => {
             state.manager.metrics().execution(
                 Latency::Exec,
+                "command",
                 status_name(&r.status),
                 started.elapsed(),
             );
+            state.manager.metrics().memory_peak(r.memory_peak_bytes);
             let mut v = serde_json::to_value(&r)
                 .map_err(|e| ApiError::internal(format!("encoding the result: {e}")))?;
             if let Some((out, err)) = bytes {
@@ -949,6 +987,7 @@ async fn run_code(
                 Ok(r) => {
                     manager.metrics().execution(
                         Latency::Run,
+                        &lang,
                         run_status(&r.status),
                         started.elapsed(),
                     );
@@ -972,9 +1011,12 @@ async fn run_code(
     drop(active);
     match r {
         Ok(r) => {
-            manager
-                .metrics()
-                .execution(Latency::Run, run_status(&r.status), started.elapsed());
+            manager.metrics().execution(
+                Latency::Run,
+                &lang,
+                run_status(&r.status),
+                started.elapsed(),
+            );
             Ok(Json(r).into_response())
         }
         Err(e) => Err(manager.sandbox_error(&entry, e).await),
@@ -1174,6 +1216,7 @@ async fn run_function(
         Ok(r) => {
             state.manager.metrics().execution(
                 Latency::Function,
+                "javascript",
                 r.status.as_str(),
                 started.elapsed(),
             );
@@ -1272,11 +1315,15 @@ mod tests {
 
     #[test]
     fn label_filters_parse() {
-        assert_eq!(label_filter(None).unwrap(), vec![]);
+        assert_eq!(label_filter(None).unwrap(), (vec![], None));
         assert_eq!(
-            label_filter(Some("label=a%3Db&label=c=d+e")).unwrap(),
-            vec![("a".into(), "b".into()), ("c".into(), "d e".into())]
+            label_filter(Some("label=a%3Db&template=tiny&label=c=d+e")).unwrap(),
+            (
+                vec![("a".into(), "b".into()), ("c".into(), "d e".into())],
+                Some("tiny".to_string())
+            )
         );
+        assert!(label_filter(Some("template=a&template=b")).is_err());
         assert!(label_filter(Some("other=1")).is_err());
         assert!(label_filter(Some("label=novalue")).is_err());
         assert!(label_filter(Some("label=a%zz")).is_err());

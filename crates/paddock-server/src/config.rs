@@ -9,7 +9,7 @@
 //! reaper_interval = "1s"      # how often TTL / idle expiry is checked
 //! health_interval = "5s"      # how often every sandbox's agent is pinged
 //! function_workers = 2        # workers of the shared functions pool
-//! pool_size = 0               # sandboxes kept ready with the default limits
+//! pool_size = 0               # sandboxes kept ready for the default template
 //!
 //! [defaults]                  # limits of a sandbox that asks for none
 //! memory = "512M"
@@ -19,6 +19,16 @@
 //! timeout = "30s"             # default exec / run timeout
 //! ttl = "1h"
 //! idle_timeout = "10m"
+//!
+//! [[templates]]              # a base tree plus default limits (and a pool)
+//! name = "minimal"            # `default` (the host's tree) always exists
+//! rootfs = "/srv/trees/bookworm" # a directory with a Linux tree (usr/ in it)
+//! memory = "256M"             # limits not given come from [defaults]
+//! cpus = 0.5
+//! pids = 128
+//! disk = "64M"
+//! timeout = "10s"
+//! pool_size = 2               # sandboxes kept ready for this template
 //!
 //! [[tenants]]
 //! name = "alice"
@@ -136,9 +146,35 @@ pub struct FileConfig {
     /// Default limits.
     #[serde(default)]
     pub defaults: DefaultsFile,
+    /// Templates: base trees with default limits and pools.
+    #[serde(default)]
+    pub templates: Vec<TemplateFile>,
     /// Tenants and their keys.
     #[serde(default)]
     pub tenants: Vec<TenantFile>,
+}
+
+/// `[[templates]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateFile {
+    /// Name, used in requests (`{"template": NAME}`), logs and metrics.
+    pub name: String,
+    /// Base root filesystem (a directory with a Linux tree); the host's own
+    /// when absent.
+    pub rootfs: Option<PathBuf>,
+    /// Memory limit.
+    pub memory: Option<SizeValue>,
+    /// CPU cores.
+    pub cpus: Option<f64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+    /// Writable layer.
+    pub disk: Option<SizeValue>,
+    /// Default exec / run timeout.
+    pub timeout: Option<DurationValue>,
+    /// Sandboxes kept ready for this template.
+    pub pool_size: Option<usize>,
 }
 
 /// `[defaults]` as written.
@@ -194,6 +230,25 @@ pub struct Defaults {
     pub idle_timeout: Duration,
 }
 
+/// Name of the template that always exists.
+pub const DEFAULT_TEMPLATE: &str = "default";
+
+/// A template: the tree new sandboxes are built on, their default limits,
+/// and how many of them are kept ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// Name.
+    pub name: String,
+    /// Base root filesystem (canonical); `None` is the host's own.
+    pub rootfs: Option<PathBuf>,
+    /// Default limits.
+    pub limits: Limits,
+    /// Default exec / run timeout.
+    pub timeout: Duration,
+    /// Pre-warmed sandboxes kept ready.
+    pub pool_size: usize,
+}
+
 /// One tenant: a key (as its SHA-256) and quotas.
 #[derive(Debug, Clone)]
 pub struct Tenant {
@@ -232,10 +287,11 @@ pub struct ServerConfig {
     pub max_ttl: Duration,
     /// Functions pool workers.
     pub function_workers: usize,
-    /// Pre-warmed sandboxes with the default limits.
-    pub pool_size: usize,
-    /// Defaults of new sandboxes.
+    /// Defaults of new sandboxes (the `default` template's limits may
+    /// differ when the configuration overrides it).
     pub defaults: Defaults,
+    /// Templates, `default` first; names are unique.
+    pub templates: Vec<Template>,
     /// Tenants.
     pub tenants: Vec<Tenant>,
     /// The paddock binary to run as the agent and function worker.
@@ -430,15 +486,16 @@ impl FileConfig {
             ));
         }
         let max_sandboxes = self.max_sandboxes.unwrap_or(1000);
-        let pool_size = self.pool_size.unwrap_or(0);
-        if pool_size > max_sandboxes {
-            return Err(ConfigError::Invalid(
-                "pool_size is more than max_sandboxes".into(),
-            ));
+        let templates = self.templates(&defaults)?;
+        let pooled: usize = templates.iter().map(|t| t.pool_size).sum();
+        if pooled > max_sandboxes {
+            return Err(ConfigError::Invalid(format!(
+                "the pools' sizes add up to {pooled}, more than max_sandboxes ({max_sandboxes})"
+            )));
         }
         Ok(ServerConfig {
             listen,
-            pool_size,
+            templates,
             max_sandboxes,
             max_memory: match &self.max_memory {
                 Some(m) => m.bytes("max_memory")?,
@@ -469,7 +526,147 @@ impl FileConfig {
     }
 }
 
+impl FileConfig {
+    /// The templates: `default` (the host's tree, `[defaults]`, the top-level
+    /// `pool_size`, each overridable by a `[[templates]]` entry of that
+    /// name) first, then the others in file order.
+    fn templates(&self, defaults: &Defaults) -> Result<Vec<Template>, ConfigError> {
+        let mut out = vec![Template {
+            name: DEFAULT_TEMPLATE.to_string(),
+            rootfs: None,
+            limits: defaults.limits.clone(),
+            timeout: defaults.timeout,
+            pool_size: self.pool_size.unwrap_or(0),
+        }];
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, t) in self.templates.iter().enumerate() {
+            let name = t.name.trim();
+            check_template_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("templates[{i}]: {e}")))?;
+            if seen.contains(&name) {
+                return Err(ConfigError::Invalid(format!(
+                    "templates[{i}]: the name {name:?} is used twice"
+                )));
+            }
+            seen.push(name);
+            let what = format!("templates[{i}] ({name})");
+            let base = if name == DEFAULT_TEMPLATE {
+                out.remove(0)
+            } else {
+                Template {
+                    name: name.to_string(),
+                    rootfs: None,
+                    limits: defaults.limits.clone(),
+                    timeout: defaults.timeout,
+                    pool_size: 0,
+                }
+            };
+            let mut tpl = base;
+            if let Some(dir) = &t.rootfs {
+                tpl.rootfs = Some(
+                    check_rootfs(dir).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?,
+                );
+            }
+            if let Some(m) = &t.memory {
+                tpl.limits.memory_bytes = m.bytes(&format!("{what}.memory"))?;
+            }
+            if let Some(c) = t.cpus {
+                tpl.limits.cpu_millicores = cpus_to_millicores(c).ok_or_else(|| {
+                    ConfigError::Invalid(format!("{what}.cpus: {c} is not 0.01 to 1024"))
+                })?;
+            }
+            if let Some(p) = t.pids {
+                tpl.limits.pids = p;
+            }
+            if let Some(disk) = &t.disk {
+                tpl.limits.disk_bytes = disk.bytes(&format!("{what}.disk"))?;
+            }
+            if let Some(v) = &t.timeout {
+                tpl.timeout = v.duration(&format!("{what}.timeout"))?;
+            }
+            if let Some(n) = t.pool_size {
+                tpl.pool_size = n;
+            }
+            check_limits(&tpl.limits).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+            if name == DEFAULT_TEMPLATE {
+                out.insert(0, tpl);
+            } else {
+                out.push(tpl);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a template's name: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn check_template_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a template needs a non-empty name".into());
+    }
+    if name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "template name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a template's base tree: it exists, is a directory and has a
+/// `usr/` directory. Returns its canonical path (a relative one is taken
+/// from the current directory).
+pub fn check_rootfs(dir: &Path) -> Result<PathBuf, String> {
+    let shown = dir.display();
+    let canon = std::fs::canonicalize(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("rootfs {shown} does not exist")
+        } else {
+            format!("rootfs {shown}: {e}")
+        }
+    })?;
+    if !canon.is_dir() {
+        return Err(format!("rootfs {shown} is not a directory"));
+    }
+    if !canon.join("usr").is_dir() {
+        return Err(format!(
+            "rootfs {shown} has no usr/ directory (expected a Linux tree such as a debootstrap result)"
+        ));
+    }
+    Ok(canon)
+}
+
 impl ServerConfig {
+    /// The template of that name.
+    pub fn template(&self, name: &str) -> Option<&Template> {
+        self.templates.iter().find(|t| t.name == name)
+    }
+
+    /// Names of the templates, comma-separated.
+    pub fn template_names(&self) -> String {
+        self.templates
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sets the `default` template's base tree (`paddock serve --rootfs`).
+    pub fn set_default_rootfs(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let canon =
+            check_rootfs(dir).map_err(|e| ConfigError::Invalid(format!("--rootfs: {e}")))?;
+        if let Some(t) = self
+            .templates
+            .iter_mut()
+            .find(|t| t.name == DEFAULT_TEMPLATE)
+        {
+            t.rootfs = Some(canon);
+        }
+        Ok(())
+    }
+
     /// Adds a tenant for a key given on the command line or environment.
     pub fn add_key(&mut self, key: &str) -> Result<(), ConfigError> {
         if key.len() < 16 {
@@ -621,6 +818,107 @@ api_key_sha256 = "{hash}"
                 .and_then(|f| f.resolve("/bin/true".into()));
             assert!(r.is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn templates_default_override_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("usr")).unwrap();
+        let tree = dir.path().display().to_string();
+        let text = format!(
+            r#"
+pool_size = 1
+[defaults]
+memory = "128M"
+[[templates]]
+name = "tiny"
+rootfs = "{tree}"
+memory = "64M"
+timeout = "5s"
+pool_size = 2
+[[templates]]
+name = "default"
+cpus = 2
+"#
+        );
+        let c = FileConfig::parse(&text)
+            .unwrap()
+            .resolve("/bin/true".into())
+            .unwrap();
+        let names: Vec<&str> = c.templates.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["default", "tiny"]);
+        let d = c.template("default").unwrap();
+        assert_eq!(d.rootfs, None);
+        assert_eq!(d.limits.memory_bytes, 128 << 20);
+        assert_eq!(d.limits.cpu_millicores, 2000);
+        assert_eq!(d.pool_size, 1);
+        let t = c.template("tiny").unwrap();
+        assert_eq!(
+            t.rootfs.as_deref(),
+            Some(dir.path().canonicalize().unwrap().as_path())
+        );
+        assert_eq!(t.limits.memory_bytes, 64 << 20);
+        assert_eq!(t.limits.cpu_millicores, 1000, "from [defaults]");
+        assert_eq!(t.timeout, Duration::from_secs(5));
+        assert_eq!(t.pool_size, 2);
+        assert_eq!(c.template_names(), "default, tiny");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        for (bad, says) in [
+            ("[[templates]]\nname = \"\"".to_string(), "non-empty name"),
+            (
+                "[[templates]]\nname = \"a b\"".to_string(),
+                "letters, digits",
+            ),
+            (
+                "[[templates]]\nname = \"a\"\n[[templates]]\nname = \"a\"".to_string(),
+                "used twice",
+            ),
+            (
+                "[[templates]]\nname = \"a\"\nrootfs = \"/nonexistent/tree\"".to_string(),
+                "does not exist",
+            ),
+            (
+                format!(
+                    "[[templates]]\nname = \"a\"\nrootfs = \"{}\"",
+                    file.display()
+                ),
+                "is not a directory",
+            ),
+            (
+                format!(
+                    "[[templates]]\nname = \"a\"\nrootfs = \"{}\"",
+                    empty.path().display()
+                ),
+                "has no usr/",
+            ),
+            (
+                "[[templates]]\nname = \"a\"\nmemory = \"1K\"".to_string(),
+                "templates[0] (a)",
+            ),
+            (
+                "[[templates]]\nname = \"a\"\nbogus = 1".to_string(),
+                "bogus",
+            ),
+            (
+                "max_sandboxes = 3\npool_size = 2\n[[templates]]\nname = \"a\"\npool_size = 2"
+                    .to_string(),
+                "add up to 4",
+            ),
+        ] {
+            let e = FileConfig::parse(&bad)
+                .map_err(ConfigError::Invalid)
+                .and_then(|f| f.resolve("/bin/true".into()))
+                .expect_err(&bad)
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut c = FileConfig::default().resolve("/bin/true".into()).unwrap();
+        assert!(c.set_default_rootfs(empty.path()).is_err());
+        c.set_default_rootfs(dir.path()).unwrap();
+        assert!(c.template("default").unwrap().rootfs.is_some());
     }
 
     #[test]

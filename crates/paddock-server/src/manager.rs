@@ -1,5 +1,6 @@
 //! The manager: a registry of live sandboxes per tenant, quotas, get-or-create
-//! by key, TTL / idle expiry and health checks.
+//! by key, TTL / idle expiry, health checks, and one pre-warmed pool per
+//! template.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use paddock_types::{Limits, SandboxSpec};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ServerConfig, Tenant, hex};
+use crate::config::{ServerConfig, Template, Tenant, hex};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -22,6 +23,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What a new sandbox asks for (already validated against sanity bounds).
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
+    /// The template's name (it exists).
+    pub template: String,
     /// Limits.
     pub limits: Limits,
     /// Default exec / run timeout.
@@ -83,6 +86,8 @@ pub struct Entry {
     pub id: String,
     /// Its tenant's name.
     pub tenant: String,
+    /// The template it was built from.
+    pub template: String,
     /// Get-or-create key.
     pub key: Option<String>,
     /// Labels.
@@ -144,6 +149,7 @@ impl Entry {
         let t = lock(&self.times);
         SandboxInfo {
             id: self.id.clone(),
+            template: self.template.clone(),
             key: self.key.clone(),
             labels: self.labels.clone(),
             limits: LimitsInfo {
@@ -183,6 +189,8 @@ impl Entry {
 pub struct SandboxInfo {
     /// Id.
     pub id: String,
+    /// The template it was built from.
+    pub template: String,
     /// Get-or-create key.
     pub key: Option<String>,
     /// Labels.
@@ -248,6 +256,10 @@ impl Usage {
     }
 }
 
+/// How long a pool waits after a create took one of its sandboxes before
+/// it builds the replacement.
+const REFILL_DELAY: Duration = Duration::from_millis(5);
+
 /// Most tombstones (ids of sandboxes that died or expired) remembered.
 const TOMBSTONES: usize = 4096;
 
@@ -282,10 +294,30 @@ struct Inner {
     creating: AtomicUsize,
     /// Token buckets per tenant (one entry per configured tenant at most).
     buckets: Mutex<HashMap<String, Bucket>>,
-    /// Pre-warmed sandboxes with the default limits.
+    /// One pool per template, in the configuration's order.
+    pools: Vec<Pool>,
+}
+
+/// A template's pre-warmed sandboxes (built with its default limits).
+#[derive(Debug)]
+struct Pool {
+    template: Template,
     ready: Mutex<VecDeque<Sandbox>>,
-    /// Wakes the pool's refill task.
+    /// Refills in progress (counted against the global caps).
+    pending: AtomicUsize,
+    /// Wakes the refill task.
     refill: tokio::sync::Notify,
+}
+
+impl Pool {
+    fn memory(&self) -> u64 {
+        self.template.limits.memory_bytes
+    }
+
+    /// Whether a create with these limits may take one of this pool's.
+    fn serves(&self, limits: &Limits) -> bool {
+        self.template.pool_size > 0 && *limits == self.template.limits
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -326,6 +358,20 @@ impl Manager {
     /// A manager for `config`; its background tasks start with
     /// [`Manager::start_background`].
     pub fn new(config: ServerConfig, metrics: Arc<Metrics>) -> Manager {
+        let pools = config
+            .templates
+            .iter()
+            .map(|t| {
+                metrics.pool_declared(&t.name, t.pool_size);
+                metrics.set_pool_ready(&t.name, 0);
+                Pool {
+                    template: t.clone(),
+                    ready: Mutex::new(VecDeque::new()),
+                    pending: AtomicUsize::new(0),
+                    refill: tokio::sync::Notify::new(),
+                }
+            })
+            .collect();
         Manager {
             inner: Arc::new(Inner {
                 config,
@@ -336,8 +382,7 @@ impl Manager {
                 stop: CancellationToken::new(),
                 creating: AtomicUsize::new(0),
                 buckets: Mutex::new(HashMap::new()),
-                ready: Mutex::new(VecDeque::new()),
-                refill: tokio::sync::Notify::new(),
+                pools,
             }),
         }
     }
@@ -451,6 +496,12 @@ impl Manager {
         };
         if let Some(e) = existing {
             if e.sandbox.is_alive() {
+                if e.template != spec.template {
+                    return Err(ApiError::conflict(format!(
+                        "key {key:?} names sandbox {} of template {:?}, not {:?}; use its template or another key",
+                        e.id, e.template, spec.template
+                    )));
+                }
                 drop(e.activate());
                 return Ok((e, false));
             }
@@ -459,9 +510,18 @@ impl Manager {
         self.create_new(tenant, spec).await.map(|e| (e, true))
     }
 
-    /// Reserves quota, creates (in a task of its own, so that a client that
-    /// goes away does not cut it short) and registers.
+    /// Reserves quota, then takes a sandbox from the template's pool when
+    /// the limits are the template's, or else creates one (in a task of its
+    /// own, so that a client that goes away does not cut it short), and
+    /// registers it.
     async fn create_new(&self, tenant: &Tenant, spec: CreateSpec) -> Result<Arc<Entry>, ApiError> {
+        let pool = self.pool(&spec.template).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown template {:?}; known templates: {}",
+                spec.template,
+                self.inner.config.template_names()
+            ))
+        })?;
         let memory = spec.limits.memory_bytes;
         if memory > tenant.max_memory {
             self.inner.metrics.quota_rejected("tenant_memory");
@@ -507,40 +567,45 @@ impl Manager {
             st.usage.entry(tenant.name.clone()).or_default().add(memory);
             st.total.add(memory);
             // Pooled sandboxes give way to real ones at the global caps.
-            // (A create with the default limits will take one of them: it
-            // is already counted in the reservation.)
-            let pooled_mem = cfg.defaults.limits.memory_bytes;
-            let mine = usize::from(cfg.pool_size > 0 && spec.limits == cfg.defaults.limits);
-            let mut ready = lock(&self.inner.ready);
-            while ready.len() > mine && {
-                let others = ready.len() - mine;
-                st.total.sandboxes + others > cfg.max_sandboxes
-                    || st
-                        .total
-                        .memory
-                        .saturating_add(pooled_mem.saturating_mul(others as u64))
-                        > cfg.max_memory
-            } {
-                if let Some(s) = ready.pop_back() {
-                    tokio::spawn(async move {
-                        let _ = s.kill().await;
-                    });
-                }
-            }
-            self.inner.metrics.set_pool_ready(ready.len());
+            // (A create its template's pool serves will take one of them:
+            // it is already counted in the reservation.)
+            self.evict_pooled(&st, &spec);
         }
+        // A pool hit is served right here: no await until it is registered,
+        // so a client that goes away cannot cut it short, and no task hop.
+        let started = Instant::now();
+        let poolable = pool.serves(&spec.limits);
+        if poolable {
+            // Counted as a creation, so that a shutdown in between waits for
+            // the sandbox taken here to be registered or killed.
+            self.inner.creating.fetch_add(1, Ordering::SeqCst);
+            let pooled = self.take_pooled(pool);
+            self.inner.metrics.pool(
+                &pool.template.name,
+                if pooled.is_some() { "hit" } else { "miss" },
+            );
+            pool.refill.notify_one();
+            if let Some(sandbox) = pooled {
+                let r = new_id().and_then(|id| {
+                    self.register(&tenant.name, spec, id, sandbox, started, Some(true))
+                });
+                if r.is_err() {
+                    self.release(&tenant.name, memory);
+                }
+                self.inner.creating.fetch_sub(1, Ordering::SeqCst);
+                return r;
+            }
+            self.inner.creating.fetch_sub(1, Ordering::SeqCst);
+        }
+        let from_pool = poolable.then_some(false);
         let this = self.clone();
         let tenant_name = tenant.name.clone();
         let task = tokio::spawn(async move {
             this.inner.creating.fetch_add(1, Ordering::SeqCst);
-            let r = this.build(&tenant_name, spec).await;
+            let r = this.build(&tenant_name, spec, started, from_pool).await;
             this.inner.creating.fetch_sub(1, Ordering::SeqCst);
             if r.is_err() {
-                let mut st = lock(&this.inner.state);
-                if let Some(u) = st.usage.get_mut(&tenant_name) {
-                    u.sub(memory);
-                }
-                st.total.sub(memory);
+                this.release(&tenant_name, memory);
             }
             r
         });
@@ -548,43 +613,62 @@ impl Manager {
             .map_err(|e| ApiError::internal(format!("sandbox creation failed: {e}")))?
     }
 
-    async fn build(&self, tenant: &str, spec: CreateSpec) -> Result<Arc<Entry>, ApiError> {
+    /// Gives back a reservation of `create_new` whose creation failed.
+    fn release(&self, tenant: &str, memory: u64) {
+        let mut st = lock(&self.inner.state);
+        if let Some(u) = st.usage.get_mut(tenant) {
+            u.sub(memory);
+        }
+        st.total.sub(memory);
+    }
+
+    /// Builds a sandbox on demand (not from a pool) and registers it.
+    async fn build(
+        &self,
+        tenant: &str,
+        spec: CreateSpec,
+        started: Instant,
+        from_pool: Option<bool>,
+    ) -> Result<Arc<Entry>, ApiError> {
         let id = new_id()?;
         let mut sspec = SandboxSpec::new(Vec::new());
         sspec.limits = spec.limits.clone();
-        let started = Instant::now();
-        let poolable =
-            self.inner.config.pool_size > 0 && spec.limits == self.inner.config.defaults.limits;
-        let pooled = if poolable { self.take_pooled() } else { None };
-        if poolable {
-            self.inner
-                .metrics
-                .pool(if pooled.is_some() { "hit" } else { "miss" });
-            self.inner.refill.notify_one();
-        }
-        let created = match pooled {
-            Some(s) => Ok(s),
-            None => {
-                Sandbox::create(SandboxConfig {
-                    spec: sspec,
-                    agent_exe: self.inner.config.agent_exe.clone(),
-                })
-                .await
-            }
-        };
-        let sandbox = created.map_err(|e| {
-            tracing::warn!(tenant, error = %e, "sandbox creation failed");
+        sspec.rootfs = self
+            .pool(&spec.template)
+            .and_then(|p| p.template.rootfs.clone());
+        let sandbox = Sandbox::create(SandboxConfig {
+            spec: sspec,
+            agent_exe: self.inner.config.agent_exe.clone(),
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(tenant, template = %spec.template, error = %e, "sandbox creation failed");
             ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "create_failed",
                 format!("could not create the sandbox: {e}"),
             )
         })?;
+        self.register(tenant, spec, id, sandbox, started, from_pool)
+    }
+
+    /// Puts a new sandbox in the registry; during shutdown it is killed
+    /// instead (in a task the shutdown waits for) and the answer is 503.
+    fn register(
+        &self,
+        tenant: &str,
+        spec: CreateSpec,
+        id: String,
+        sandbox: Sandbox,
+        started: Instant,
+        from_pool: Option<bool>,
+    ) -> Result<Arc<Entry>, ApiError> {
         let took = started.elapsed();
         let now = Instant::now();
         let entry = Arc::new(Entry {
             id: id.clone(),
             tenant: tenant.to_string(),
+            template: spec.template.clone(),
             key: spec.key.clone(),
             labels: spec.labels,
             limits: spec.limits,
@@ -615,21 +699,43 @@ impl Manager {
             }
         };
         let Some(live) = live else {
-            let _ = entry.sandbox.kill().await;
+            self.inner.creating.fetch_add(1, Ordering::SeqCst);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _ = entry.sandbox.kill().await;
+                this.inner.creating.fetch_sub(1, Ordering::SeqCst);
+            });
             return Err(ApiError::unavailable(
                 "shutting_down",
                 "the server is shutting down",
             ));
         };
         self.inner.metrics.set_live(live);
-        self.inner.metrics.created(took);
-        tracing::info!(tenant, id = %id, ms = took.as_secs_f64() * 1000.0, "sandbox created");
+        self.inner.metrics.created(took, from_pool);
+        tracing::info!(
+            tenant,
+            id = %id,
+            template = %spec.template,
+            pooled = from_pool == Some(true),
+            ms = took.as_secs_f64() * 1000.0,
+            "sandbox created"
+        );
         Ok(entry)
     }
 
+    /// The pool of a template.
+    fn pool(&self, template: &str) -> Option<&Pool> {
+        self.inner
+            .pools
+            .iter()
+            .find(|p| p.template.name == template)
+    }
+
     /// A live sandbox from the pool, if one is ready (dead ones are dropped).
-    fn take_pooled(&self) -> Option<Sandbox> {
-        let mut ready = lock(&self.inner.ready);
+    /// No round trip to the agent: its channel being open is enough, and
+    /// the health checks catch a wedged one later.
+    fn take_pooled(&self, pool: &Pool) -> Option<Sandbox> {
+        let mut ready = lock(&pool.ready);
         let mut found = None;
         while let Some(s) = ready.pop_front() {
             if s.is_alive() {
@@ -640,47 +746,123 @@ impl Manager {
                 let _ = s.kill().await;
             });
         }
-        self.inner.metrics.set_pool_ready(ready.len());
+        let n = ready.len();
+        drop(ready);
+        self.inner.metrics.set_pool_ready(&pool.template.name, n);
         found
     }
 
-    /// Pooled sandboxes ready now.
+    /// Pooled sandboxes ready now, all templates together.
     pub fn pool_ready(&self) -> usize {
-        lock(&self.inner.ready).len()
+        self.inner.pools.iter().map(|p| lock(&p.ready).len()).sum()
     }
 
-    /// Whether the pool may grow: below its size and within the global caps
-    /// (counting the pool's own sandboxes).
-    fn pool_wants_more(&self) -> bool {
+    /// Sandboxes held or being built by the pools: (count, memory).
+    fn pooled_usage(&self) -> (usize, u64) {
+        self.inner.pools.iter().fold((0, 0), |(n, mem), p| {
+            let k = lock(&p.ready).len() + p.pending.load(Ordering::SeqCst);
+            (
+                n + k,
+                mem.saturating_add(p.memory().saturating_mul(k as u64)),
+            )
+        })
+    }
+
+    /// With the state locked (and the new sandbox already reserved in it):
+    /// kills pooled sandboxes until the live ones and the pools together
+    /// fit the global caps again. One sandbox of the pool that will serve
+    /// `spec` is spared (the create takes it).
+    fn evict_pooled(&self, st: &State, spec: &CreateSpec) {
+        let cfg = &self.inner.config;
+        let mine = self
+            .pool(&spec.template)
+            .filter(|p| p.serves(&spec.limits))
+            .map(|p| p.template.name.as_str());
+        loop {
+            let (mut n, mut mem) = self.pooled_usage();
+            let spared = mine
+                .and_then(|m| self.pool(m))
+                .filter(|p| !lock(&p.ready).is_empty());
+            if let Some(p) = spared {
+                n = n.saturating_sub(1);
+                mem = mem.saturating_sub(p.memory());
+            }
+            if st.total.sandboxes + n <= cfg.max_sandboxes
+                && st.total.memory.saturating_add(mem) <= cfg.max_memory
+            {
+                return;
+            }
+            // The fullest pool (not counting the spared one) gives one up.
+            let victim = self
+                .inner
+                .pools
+                .iter()
+                .map(|p| {
+                    let len = lock(&p.ready).len();
+                    let keep = usize::from(Some(p.template.name.as_str()) == mine && len > 0);
+                    (len - keep, p)
+                })
+                .filter(|(avail, _)| *avail > 0)
+                .max_by_key(|(avail, _)| *avail)
+                .map(|(_, p)| p);
+            let Some(p) = victim else { return };
+            let (s, left) = {
+                let mut ready = lock(&p.ready);
+                (ready.pop_back(), ready.len())
+            };
+            self.inner.metrics.set_pool_ready(&p.template.name, left);
+            if let Some(s) = s {
+                tracing::debug!(template = %p.template.name, "a pooled sandbox gives way to a real one");
+                tokio::spawn(async move {
+                    let _ = s.kill().await;
+                });
+            }
+        }
+    }
+
+    /// Whether a pool may grow: below its size and, counting every pool's
+    /// sandboxes (ready or being built), within the global caps.
+    fn pool_wants_more(&self, pool: &Pool) -> bool {
         let cfg = &self.inner.config;
         let ready = {
-            let mut ready = lock(&self.inner.ready);
+            let mut ready = lock(&pool.ready);
             ready.retain(Sandbox::is_alive);
-            self.inner.metrics.set_pool_ready(ready.len());
             ready.len()
         };
-        if ready >= cfg.pool_size || self.shutting_down() {
+        self.inner
+            .metrics
+            .set_pool_ready(&pool.template.name, ready);
+        if ready >= pool.template.pool_size || self.shutting_down() {
             return false;
         }
         let st = lock(&self.inner.state);
-        let mem = cfg.defaults.limits.memory_bytes;
-        st.total.sandboxes + ready < cfg.max_sandboxes
+        let (n, mem) = self.pooled_usage();
+        st.total.sandboxes + n < cfg.max_sandboxes
             && st
                 .total
                 .memory
-                .saturating_add(mem.saturating_mul(ready as u64 + 1))
+                .saturating_add(mem)
+                .saturating_add(pool.memory())
                 <= cfg.max_memory
     }
 
-    /// Keeps the pool filled; failures are retried with exponential
-    /// backoff (100 ms to 30 s) and counted.
-    async fn refill_pool(&self) {
+    /// Keeps a template's pool filled; failures are retried with
+    /// exponential backoff (100 ms to 30 s), counted, and logged (as an
+    /// error once they persist).
+    async fn refill_pool(&self, index: usize) {
+        let Some(pool) = self.inner.pools.get(index) else {
+            return;
+        };
+        let name = pool.template.name.as_str();
         let mut backoff = Duration::from_millis(100);
+        let mut failures: u32 = 0;
         loop {
-            if self.pool_wants_more() {
+            if self.pool_wants_more(pool) {
                 self.inner.creating.fetch_add(1, Ordering::SeqCst);
+                pool.pending.fetch_add(1, Ordering::SeqCst);
                 let mut spec = SandboxSpec::new(Vec::new());
-                spec.limits = self.inner.config.defaults.limits.clone();
+                spec.limits = pool.template.limits.clone();
+                spec.rootfs = pool.template.rootfs.clone();
                 let r = Sandbox::create(SandboxConfig {
                     spec,
                     agent_exe: self.inner.config.agent_exe.clone(),
@@ -691,30 +873,53 @@ impl Manager {
                         if self.shutting_down() {
                             let _ = s.kill().await;
                         } else {
-                            let mut ready = lock(&self.inner.ready);
-                            ready.push_back(s);
-                            self.inner.metrics.set_pool_ready(ready.len());
+                            let n = {
+                                let mut ready = lock(&pool.ready);
+                                ready.push_back(s);
+                                ready.len()
+                            };
+                            self.inner.metrics.set_pool_ready(name, n);
                         }
+                        pool.pending.fetch_sub(1, Ordering::SeqCst);
                         self.inner.creating.fetch_sub(1, Ordering::SeqCst);
+                        if failures > 0 {
+                            tracing::info!(
+                                template = name,
+                                after = failures,
+                                "the pool refills again"
+                            );
+                            self.inner.metrics.pool_refill(name, None);
+                        }
+                        failures = 0;
                         backoff = Duration::from_millis(100);
-                        continue;
                     }
                     Err(e) => {
+                        pool.pending.fetch_sub(1, Ordering::SeqCst);
                         self.inner.creating.fetch_sub(1, Ordering::SeqCst);
-                        self.inner.metrics.pool("failure");
-                        tracing::warn!(error = %e, retry_in = ?backoff, "could not fill the sandbox pool");
+                        failures += 1;
+                        self.inner.metrics.pool_refill(name, Some(e.to_string()));
+                        if failures >= 5 {
+                            tracing::error!(template = name, failures, error = %e, retry_in = ?backoff, "the pool keeps failing to create sandboxes");
+                        } else {
+                            tracing::warn!(template = name, error = %e, retry_in = ?backoff, "could not fill the sandbox pool");
+                        }
                         tokio::select! {
                             _ = self.inner.stop.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
-                        continue;
                     }
                 }
+                continue;
             }
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
-                _ = self.inner.refill.notified() => {}
+                _ = pool.refill.notified() => {
+                    // A create just took a sandbox: let its response go
+                    // out before forking (a fork stalls the whole process
+                    // for a moment).
+                    tokio::time::sleep(REFILL_DELAY).await;
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -737,13 +942,20 @@ impl Manager {
         Err(ApiError::not_found(format!("no sandbox {id}")))
     }
 
-    /// The tenant's sandboxes whose labels include every `filter` pair.
-    pub fn list(&self, tenant: &str, filter: &[(String, String)]) -> Vec<Arc<Entry>> {
+    /// The tenant's sandboxes whose labels include every `filter` pair
+    /// (and of `template`, when given).
+    pub fn list(
+        &self,
+        tenant: &str,
+        filter: &[(String, String)],
+        template: Option<&str>,
+    ) -> Vec<Arc<Entry>> {
         let st = lock(&self.inner.state);
         let mut v: Vec<Arc<Entry>> = st
             .sandboxes
             .values()
             .filter(|e| e.tenant == tenant)
+            .filter(|e| template.is_none_or(|t| e.template == t))
             .filter(|e| filter.iter().all(|(k, val)| e.labels.get(k) == Some(val)))
             .cloned()
             .collect();
@@ -844,9 +1056,11 @@ impl Manager {
         tokio::spawn(async move { this.reaper().await });
         let this = self.clone();
         tokio::spawn(async move { this.health().await });
-        if self.inner.config.pool_size > 0 {
-            let this = self.clone();
-            tokio::spawn(async move { this.refill_pool().await });
+        for (i, p) in self.inner.pools.iter().enumerate() {
+            if p.template.pool_size > 0 {
+                let this = self.clone();
+                tokio::spawn(async move { this.refill_pool(i).await });
+            }
         }
     }
 
@@ -941,8 +1155,11 @@ impl Manager {
                 .iter()
                 .map(|id| self.remove(id, KillReason::Shutdown, None));
             futures_util::future::join_all(kills).await;
-            let pooled: Vec<Sandbox> = lock(&self.inner.ready).drain(..).collect();
-            self.inner.metrics.set_pool_ready(0);
+            let mut pooled: Vec<Sandbox> = Vec::new();
+            for p in &self.inner.pools {
+                pooled.extend(lock(&p.ready).drain(..));
+                self.inner.metrics.set_pool_ready(&p.template.name, 0);
+            }
             futures_util::future::join_all(pooled.iter().map(Sandbox::kill)).await;
             if self.inner.creating.load(Ordering::SeqCst) == 0 || Instant::now() > deadline {
                 break;

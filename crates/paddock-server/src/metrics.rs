@@ -20,6 +20,11 @@ type Labels = Vec<(String, String)>;
 pub enum Latency {
     /// Creating a sandbox.
     Create,
+    /// A create served from a template's pool.
+    CreatePoolHit,
+    /// A create that could have been served from a pool but was built on
+    /// demand (the pool was empty).
+    CreatePoolMiss,
     /// An exec in a sandbox.
     Exec,
     /// A run in a code context.
@@ -32,6 +37,8 @@ impl Latency {
     fn name(self) -> &'static str {
         match self {
             Latency::Create => "create",
+            Latency::CreatePoolHit => "create_pool_hit",
+            Latency::CreatePoolMiss => "create_pool_miss",
             Latency::Exec => "exec",
             Latency::Run => "run",
             Latency::Function => "function",
@@ -50,7 +57,9 @@ pub struct Metrics {
     quota: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
-    pool_ready: Gauge,
+    memory_peak: Histogram,
+    pool_ready: Family<Labels, Gauge>,
+    pool_size: Family<Labels, Gauge>,
     pool: Family<Labels, Counter>,
     json: Mutex<JsonStats>,
 }
@@ -60,10 +69,24 @@ struct JsonStats {
     created: u64,
     killed: BTreeMap<String, u64>,
     executions: BTreeMap<String, BTreeMap<String, u64>>,
+    by_language: BTreeMap<String, BTreeMap<String, u64>>,
+    memory_peak: Option<hdrhistogram::Histogram<u64>>,
     quota: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     latency: BTreeMap<&'static str, hdrhistogram::Histogram<u64>>,
-    pool: BTreeMap<String, u64>,
+    pool: BTreeMap<String, PoolStats>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct PoolStats {
+    size: usize,
+    ready: usize,
+    hit: u64,
+    miss: u64,
+    failure: u64,
+    /// Refills that failed in a row, and the last error, while they fail.
+    consecutive_failures: u64,
+    last_error: Option<String>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -110,26 +133,41 @@ impl Metrics {
             quota.clone(),
         );
         registry.register("errors", "Error responses, by code", errors.clone());
+        // 1 MiB to 32 GiB.
+        let memory_peak = Histogram::new(exponential_buckets(1_048_576.0, 2.0, 16));
+        registry.register(
+            "memory_peak_bytes",
+            "Peak memory of execs (their largest process), distribution",
+            memory_peak.clone(),
+        );
         registry.register(
             "latency_seconds",
             "Latency of create, exec, run and function calls",
             latency.clone(),
         );
-        let pool_ready = Gauge::default();
+        let pool_ready = Family::<Labels, Gauge>::default();
+        let pool_size = Family::<Labels, Gauge>::default();
         let pool = Family::<Labels, Counter>::default();
         registry.register(
             "pool_ready",
-            "Pre-warmed sandboxes ready to be handed out",
+            "Pre-warmed sandboxes ready to be handed out, by template",
             pool_ready.clone(),
         );
         registry.register(
+            "pool_size",
+            "Configured size of each template's pool",
+            pool_size.clone(),
+        );
+        registry.register(
             "pool",
-            "Creates served from the pool (hit), created on demand with default limits (miss), and failed pool refills (failure)",
+            "By template: creates served from its pool (hit), created on demand with its default limits (miss), and failed pool refills (failure)",
             pool.clone(),
         );
         Metrics {
+            memory_peak,
             registry,
             pool_ready,
+            pool_size,
             pool,
             live,
             created,
@@ -153,11 +191,17 @@ impl Metrics {
         self.live.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// A sandbox was created in `took`.
-    pub fn created(&self, took: Duration) {
+    /// A sandbox was created in `took`; `pooled` says whether it came from
+    /// its template's pool (`None`: it could not, its limits differ).
+    pub fn created(&self, took: Duration, pooled: Option<bool>) {
         self.created.inc();
         self.json().created += 1;
         self.latency(Latency::Create, took);
+        match pooled {
+            Some(true) => self.latency(Latency::CreatePoolHit, took),
+            Some(false) => self.latency(Latency::CreatePoolMiss, took),
+            None => {}
+        }
     }
 
     /// A sandbox was removed.
@@ -168,19 +212,45 @@ impl Metrics {
         *self.json().killed.entry(reason.to_string()).or_default() += 1;
     }
 
-    /// An exec, run or function call ended with `status`.
-    pub fn execution(&self, kind: Latency, status: &str, took: Duration) {
+    /// An exec, run or function call ended with `status`. `language` is the
+    /// context's language for runs, `javascript` for functions and
+    /// `command` for execs.
+    pub fn execution(&self, kind: Latency, language: &str, status: &str, took: Duration) {
         self.executions
-            .get_or_create(&labels(&[("kind", kind.name()), ("status", status)]))
+            .get_or_create(&labels(&[
+                ("kind", kind.name()),
+                ("language", language),
+                ("status", status),
+            ]))
             .inc();
-        *self
-            .json()
+        let mut json = self.json();
+        *json
             .executions
             .entry(kind.name().to_string())
             .or_default()
             .entry(status.to_string())
             .or_default() += 1;
+        *json
+            .by_language
+            .entry(language.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
+        drop(json);
         self.latency(kind, took);
+    }
+
+    /// The peak memory an exec reported (its largest process's RSS).
+    pub fn memory_peak(&self, bytes: u64) {
+        self.memory_peak.observe(bytes as f64);
+        let mut json = self.json();
+        if json.memory_peak.is_none() {
+            // 1 KiB to 1 TiB, fixed bounds (see `latency`).
+            json.memory_peak = hdrhistogram::Histogram::new_with_bounds(1024, 1 << 40, 2).ok();
+        }
+        if let Some(h) = json.memory_peak.as_mut() {
+            h.saturating_record(bytes.max(1024));
+        }
     }
 
     fn latency(&self, kind: Latency, took: Duration) {
@@ -189,7 +259,11 @@ impl Metrics {
             .observe(took.as_secs_f64());
         let mut json = self.json();
         if !json.latency.contains_key(kind.name()) {
-            match hdrhistogram::Histogram::new(3) {
+            // Fixed bounds (1 µs to 1 h): `saturating_record` clamps to the
+            // current range instead of growing an auto-resizing histogram,
+            // so one created by `new` would squash every later, larger
+            // value into its first value's range.
+            match hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3) {
                 Ok(h) => {
                     json.latency.insert(kind.name(), h);
                 }
@@ -201,15 +275,71 @@ impl Metrics {
         }
     }
 
-    /// Sets the number of ready pooled sandboxes.
-    pub fn set_pool_ready(&self, n: usize) {
-        self.pool_ready.set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// Declares a template's pool and its configured size (so that every
+    /// template shows in the figures, even before its first event).
+    pub fn pool_declared(&self, template: &str, size: usize) {
+        let l = labels(&[("template", template)]);
+        self.pool_size
+            .get_or_create(&l)
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        drop(self.pool_ready.get_or_create(&l));
+        for what in ["hit", "miss", "failure"] {
+            drop(
+                self.pool
+                    .get_or_create(&labels(&[("template", template), ("result", what)])),
+            );
+        }
+        self.json()
+            .pool
+            .entry(template.to_string())
+            .or_default()
+            .size = size;
     }
 
-    /// A pool event: `hit`, `miss` or `failure`.
-    pub fn pool(&self, what: &str) {
-        self.pool.get_or_create(&labels(&[("result", what)])).inc();
-        *self.json().pool.entry(what.to_string()).or_default() += 1;
+    /// Sets the number of ready sandboxes in a template's pool.
+    pub fn set_pool_ready(&self, template: &str, n: usize) {
+        self.pool_ready
+            .get_or_create(&labels(&[("template", template)]))
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.json()
+            .pool
+            .entry(template.to_string())
+            .or_default()
+            .ready = n;
+    }
+
+    /// A pool event of a template: `hit`, `miss` or `failure` (with its
+    /// error); a successful refill clears the failure streak.
+    pub fn pool(&self, template: &str, what: &str) {
+        self.pool
+            .get_or_create(&labels(&[("template", template), ("result", what)]))
+            .inc();
+        let mut json = self.json();
+        let p = json.pool.entry(template.to_string()).or_default();
+        match what {
+            "hit" => p.hit += 1,
+            "miss" => p.miss += 1,
+            _ => p.failure += 1,
+        }
+    }
+
+    /// A refill of a template's pool failed (`Some(error)`) or succeeded.
+    pub fn pool_refill(&self, template: &str, error: Option<String>) {
+        if error.is_some() {
+            self.pool(template, "failure");
+        }
+        let mut json = self.json();
+        let p = json.pool.entry(template.to_string()).or_default();
+        match error {
+            Some(e) => {
+                p.consecutive_failures += 1;
+                p.last_error = Some(e);
+            }
+            None => {
+                p.consecutive_failures = 0;
+                p.last_error = None;
+            }
+        }
     }
 
     /// A request was refused by `limit`.
@@ -261,15 +391,84 @@ impl Metrics {
                 "killed": json.killed,
             },
             "executions": json.executions,
+            "executions_by_language": json.by_language,
+            "memory_peak_bytes": json.memory_peak.as_ref().map(|h| json!({
+                "count": h.len(),
+                "p50": h.value_at_quantile(0.5),
+                "p95": h.value_at_quantile(0.95),
+                "max": h.max(),
+            })),
             "latency": latency,
             "pool": {
-                "ready": self.pool_ready.get(),
-                "hit": json.pool.get("hit").copied().unwrap_or(0),
-                "miss": json.pool.get("miss").copied().unwrap_or(0),
-                "failure": json.pool.get("failure").copied().unwrap_or(0),
+                "ready": json.pool.values().map(|p| p.ready).sum::<usize>(),
+                "hit": json.pool.values().map(|p| p.hit).sum::<u64>(),
+                "miss": json.pool.values().map(|p| p.miss).sum::<u64>(),
+                "failure": json.pool.values().map(|p| p.failure).sum::<u64>(),
+                "templates": json.pool,
             },
             "quota_rejections": json.quota,
             "errors": json.errors,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_keep_large_values_after_small_ones() {
+        let m = Metrics::new();
+        for _ in 0..10 {
+            m.created(Duration::from_micros(40), Some(true));
+        }
+        for _ in 0..10 {
+            m.created(Duration::from_millis(20), Some(false));
+        }
+        let j = m.to_json();
+        let create = &j["latency"]["create"];
+        assert_eq!(create["count"], 20);
+        let max = create["max_ms"].as_f64().unwrap_or(0.0);
+        assert!((19.9..20.1).contains(&max), "{create}");
+        let hit = j["latency"]["create_pool_hit"]["p95_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!((0.039..0.041).contains(&hit), "{j}");
+        let miss = j["latency"]["create_pool_miss"]["p50_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!((19.9..20.1).contains(&miss), "{j}");
+    }
+
+    #[test]
+    fn pool_figures_are_per_template_and_summed() {
+        let m = Metrics::new();
+        m.pool_declared("default", 2);
+        m.pool_declared("tiny", 1);
+        m.set_pool_ready("default", 2);
+        m.set_pool_ready("tiny", 1);
+        m.pool("tiny", "hit");
+        m.pool("default", "miss");
+        m.pool_refill("tiny", Some("boom".into()));
+        let j = m.to_json();
+        assert_eq!(j["pool"]["ready"], 3);
+        assert_eq!(j["pool"]["hit"], 1);
+        assert_eq!(j["pool"]["failure"], 1);
+        assert_eq!(j["pool"]["templates"]["tiny"]["last_error"], "boom");
+        assert_eq!(j["pool"]["templates"]["tiny"]["consecutive_failures"], 1);
+        m.pool_refill("tiny", None);
+        assert_eq!(
+            m.to_json()["pool"]["templates"]["tiny"]["consecutive_failures"],
+            0
+        );
+        let text = m.render();
+        assert!(
+            text.contains("paddock_pool_size{template=\"tiny\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("paddock_pool_total{template=\"tiny\",result=\"failure\"} 1"),
+            "{text}"
+        );
     }
 }

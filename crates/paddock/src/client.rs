@@ -64,6 +64,10 @@ pub struct SandboxArgs {
 pub enum SandboxCommand {
     /// Create a sandbox (with --key: get or create); prints its id.
     Create {
+        /// Template (a base tree plus default limits) configured on the
+        /// server; default `default`.
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
         /// Memory limit, e.g. 256M.
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
@@ -91,6 +95,9 @@ pub enum SandboxCommand {
         /// Only those with label K=V (repeatable).
         #[arg(long = "label", value_name = "K=V", value_parser = label)]
         labels: Vec<(String, String)>,
+        /// Only those of this template.
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -275,6 +282,7 @@ fn sandbox(args: SandboxArgs) -> anyhow::Result<i32> {
     let c = Client::new(&args.server)?;
     match args.command {
         SandboxCommand::Create {
+            template,
             memory,
             cpus,
             ttl,
@@ -300,6 +308,9 @@ fn sandbox(args: SandboxArgs) -> anyhow::Result<i32> {
             if let Some(k) = key {
                 body["key"] = json!(k);
             }
+            if let Some(t) = template {
+                body["template"] = json!(t);
+            }
             let v = c.call_json("POST", "/v1/sandboxes", &body)?;
             if json {
                 print_json(&v)?;
@@ -308,11 +319,18 @@ fn sandbox(args: SandboxArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        SandboxCommand::List { labels, json } => {
-            let query: Vec<String> = labels
+        SandboxCommand::List {
+            labels,
+            template,
+            json,
+        } => {
+            let mut query: Vec<String> = labels
                 .iter()
                 .map(|(k, v)| format!("label={}", encode(&format!("{k}={v}"), false)))
                 .collect();
+            if let Some(t) = template {
+                query.push(format!("template={}", encode(&t, false)));
+            }
             let path = if query.is_empty() {
                 "/v1/sandboxes".to_string()
             } else {
@@ -712,7 +730,7 @@ impl Client {
     }
 }
 
-fn describe_error(status: u16, body: &[u8]) -> String {
+pub(crate) fn describe_error(status: u16, body: &[u8]) -> String {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) if v["error"]["message"].is_string() => format!(
             "{} ({status} {})",

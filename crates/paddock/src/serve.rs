@@ -1,7 +1,8 @@
 //! `paddock serve`: the HTTP API server.
 //!
 //! ```text
-//! paddock serve [--listen ADDR:PORT] [--api-key KEY]... [--config FILE] [--check-config]
+//! paddock serve [--listen ADDR:PORT] [--api-key KEY]... [--config FILE]
+//!               [--rootfs DIR] [--check-config]
 //! ```
 //!
 //! Settings come from the TOML file (`--config`, `PADDOCK_CONFIG`), then
@@ -29,6 +30,10 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "PADDOCK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Base root filesystem of the `default` template (a directory with a
+    /// Linux tree, e.g. a debootstrap result) instead of the host's.
+    #[arg(long, value_name = "DIR", env = "PADDOCK_ROOTFS")]
+    pub rootfs: Option<PathBuf>,
     /// Validate the configuration, print a summary and exit (0 when valid).
     #[arg(long)]
     pub check_config: bool,
@@ -61,6 +66,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     for key in &args.api_keys {
         config.add_key(key)?;
     }
+    if let Some(dir) = &args.rootfs {
+        config.set_default_rootfs(dir)?;
+    }
     Ok(config)
 }
 
@@ -75,6 +83,21 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.tenants.len(),
             config.max_sandboxes
         );
+        for t in &config.templates {
+            println!(
+                "template {}: rootfs {}, memory {}, cpus {}, pids {}, disk {}, timeout {:?}, pool {}",
+                t.name,
+                t.rootfs
+                    .as_ref()
+                    .map_or_else(|| "/ (the host's)".to_string(), |p| p.display().to_string()),
+                paddock_types::format_size(t.limits.memory_bytes),
+                t.limits.cpu_millicores as f64 / 1000.0,
+                t.limits.pids,
+                paddock_types::format_size(t.limits.disk_bytes),
+                t.timeout,
+                t.pool_size
+            );
+        }
         return Ok(());
     }
     init_logs();
@@ -105,6 +128,14 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         for t in &config.tenants {
             tracing::info!(tenant = %t.name, max_sandboxes = t.max_sandboxes, "tenant");
+        }
+        for t in &config.templates {
+            tracing::info!(
+                template = %t.name,
+                rootfs = %t.rootfs.as_ref().map_or_else(|| "/".to_string(), |p| p.display().to_string()),
+                pool_size = t.pool_size,
+                "template"
+            );
         }
         if let Some(key) = &dev_key {
             tracing::info!(key = %mask_key(key), "generated a development key");

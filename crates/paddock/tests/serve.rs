@@ -98,6 +98,88 @@ fn check_config_validates_and_exits() {
         "README example: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Templates: a good one is listed; a bad rootfs fails clearly.
+    let tree = common::shared_tempdir(false);
+    common::minimal_tree(tree.path());
+    let path = dir.path().join("tpl.toml");
+    std::fs::write(&path, template_config(tree.path(), 1)).expect("write");
+    let out = std::process::Command::new(PADDOCK)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("template default: rootfs / (the host's)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("template tiny: rootfs {}", tree.path().display())),
+        "{stdout}"
+    );
+    let out = std::process::Command::new(PADDOCK)
+        .args(["serve", "--check-config", "--rootfs"])
+        .arg(tree.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(&format!(
+                "template default: rootfs {}",
+                tree.path().display()
+            )),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(PADDOCK)
+        .args(["serve", "--check-config", "--rootfs", "/no/such/tree"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--rootfs: rootfs /no/such/tree does not exist"),
+        "{err}"
+    );
+    let no_usr = tempfile::tempdir().expect("tempdir");
+    for (bad, says) in [
+        (
+            "[[templates]]\nname = \"tiny\"\nrootfs = \"/no/such/tree\"".to_string(),
+            "templates[0] (tiny): rootfs /no/such/tree does not exist".to_string(),
+        ),
+        (
+            format!(
+                "[[templates]]\nname = \"tiny\"\nrootfs = \"{}\"",
+                no_usr.path().display()
+            ),
+            "has no usr/ directory".to_string(),
+        ),
+        (
+            "[[templates]]\nname = \"tiny\"\n[[templates]]\nname = \"tiny\"".to_string(),
+            "templates[1]: the name \"tiny\" is used twice".to_string(),
+        ),
+        (
+            "[[templates]]\nname = \"\"".to_string(),
+            "templates[0]: a template needs a non-empty name".to_string(),
+        ),
+    ] {
+        let path = dir.path().join("bad-template.toml");
+        std::fs::write(&path, &bad).expect("write");
+        let out = std::process::Command::new(PADDOCK)
+            .args(["serve", "--check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains(&says), "{bad}: {err}");
+    }
     for (bad, says) in [
         ("listen = \"nowhere\"", "listen"),
         ("bogus = 1", "bogus"),
@@ -513,6 +595,14 @@ fn sandboxes_exec_contexts_files_functions_and_operations() {
         stats["latency"]["create"]["p50_ms"].as_f64() > Some(0.0),
         "{stats}"
     );
+    assert!(
+        stats["executions_by_language"]["python"]["ok"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    assert!(
+        stats["memory_peak_bytes"]["count"].as_u64() >= Some(1),
+        "{stats}"
+    );
     assert_eq!(stats["tenant"]["name"], "bob");
     assert_eq!(stats["functions"]["ok"], 1, "{stats}");
     let m = s.req("GET", "/metrics", None, b"");
@@ -522,8 +612,10 @@ fn sandboxes_exec_contexts_files_functions_and_operations() {
         "paddock_sandboxes_live 1",
         "paddock_sandboxes_created_total 2",
         "paddock_sandboxes_killed_total{reason=\"deleted\"} 1",
-        "paddock_executions_total{kind=\"exec\",status=\"exited\"}",
-        "paddock_executions_total{kind=\"run\",status=\"ok\"}",
+        "paddock_executions_total{kind=\"exec\",language=\"command\",status=\"exited\"}",
+        "paddock_executions_total{kind=\"run\",language=\"python\",status=\"ok\"}",
+        "paddock_executions_total{kind=\"function\",language=\"javascript\",status=\"ok\"}",
+        "paddock_memory_peak_bytes_bucket{le=",
         "paddock_latency_seconds_bucket{le=",
         "paddock_errors_total{code=\"not_found\"}",
     ] {
@@ -1311,6 +1403,20 @@ fn the_cli_client_drives_sandboxes_contexts_and_files() {
     assert_eq!(v["sandboxes"][0]["id"], id.as_str());
     let o = cli(
         &s,
+        &["sandbox", "list", "--template", "default", "--json"],
+        b"",
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json list");
+    assert_eq!(v["sandboxes"][0]["template"], "default");
+    let o = cli(&s, &["sandbox", "create", "--template", "nope"], b"");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown template \"nope\"; known templates: default"),
+        "{err}"
+    );
+    let o = cli(
+        &s,
         &[
             "sandbox",
             "exec",
@@ -1443,6 +1549,373 @@ fn the_pool_serves_default_creates_and_refills() {
         "the pool refills in the background"
     );
     let m = s.req("GET", "/metrics", None, b"").text();
-    assert!(m.contains("paddock_pool_ready 2"), "{m}");
-    assert!(m.contains("paddock_pool_total{result=\"hit\"}"), "{m}");
+    assert!(
+        m.contains("paddock_pool_ready{template=\"default\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("paddock_pool_total{template=\"default\",result=\"hit\"}"),
+        "{m}"
+    );
+}
+
+/// A configuration with a `tiny` template on `tree` (64M, 5 s timeout,
+/// a pool of `pool`) next to the default one (host tree, no pool).
+fn template_config(tree: &std::path::Path, pool: usize) -> String {
+    format!(
+        r#"
+health_interval = "500ms"
+shutdown_grace = "3s"
+[defaults]
+memory = "128M"
+[[templates]]
+name = "tiny"
+rootfs = "{}"
+memory = "64M"
+timeout = "5s"
+pool_size = {pool}
+[[tenants]]
+name = "bob"
+api_key = "{BOB}"
+max_sandboxes = 60
+"#,
+        tree.display()
+    )
+}
+
+fn pool_figures(s: &Server, template: &str) -> Value {
+    s.req("GET", "/v1/stats", Some(BOB), b"").json()["pool"]["templates"][template].clone()
+}
+
+fn sh_in(s: &Server, id: &str, script: &str) -> Resp {
+    s.json(
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        BOB,
+        json!({"cmd": ["sh", "-c", script]}),
+    )
+}
+
+#[test]
+fn templates_build_on_their_own_tree_with_their_own_pool_and_limits() {
+    let tree = common::shared_tempdir(false);
+    common::minimal_tree(tree.path());
+    let s = Server::with_config(&template_config(tree.path(), 2));
+    let ready = |s: &Server| pool_figures(s, "tiny")["ready"].as_u64().unwrap_or(0);
+    assert!(
+        wait_for(Duration::from_secs(20), || ready(&s) == 2),
+        "the tiny pool fills to its size: {}",
+        s.req("GET", "/v1/stats", Some(BOB), b"").text()
+    );
+    assert_eq!(pool_figures(&s, "default")["ready"], 0, "no default pool");
+
+    // From the pool: the template's tree and limits.
+    let tiny = s.create(BOB, json!({"template": "tiny", "labels": {"t": "1"}}));
+    assert_eq!(tiny["template"], "tiny");
+    assert_eq!(tiny["limits"]["memory_bytes"], 64 << 20);
+    assert_eq!(tiny["limits"]["timeout_ms"], 5000);
+    let tiny_id = id_of(&tiny);
+    let r = sh_in(
+        &s,
+        &tiny_id,
+        "for f in /usr/bin/*; do echo $f; done; read l < /usr/share/marker; echo $l",
+    );
+    assert_eq!(
+        r.json()["stdout"],
+        "/usr/bin/sh\nfrom the template\n",
+        "{}",
+        r.text()
+    );
+    let code = s
+        .json(
+            "POST",
+            &format!("/v1/sandboxes/{tiny_id}/exec"),
+            BOB,
+            json!({"cmd": ["python3", "-c", "print(1)"]}),
+        )
+        .expect_error(400, "no python3 in the tiny tree");
+    assert_eq!(code, "program_not_found");
+    let f = pool_figures(&s, "tiny");
+    assert_eq!(
+        (f["hit"].as_u64(), f["miss"].as_u64()),
+        (Some(1), Some(0)),
+        "{f}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || ready(&s) == 2),
+        "the tiny pool refills"
+    );
+
+    // The default template: the host's tree, [defaults] limits.
+    let host = s.create(BOB, json!({}));
+    assert_eq!(host["template"], "default");
+    assert_eq!(host["limits"]["memory_bytes"], 128 << 20);
+    let r = s.json(
+        "POST",
+        &format!("/v1/sandboxes/{}/exec", id_of(&host)),
+        BOB,
+        json!({"cmd": ["python3", "-c", "print(6 * 7)"]}),
+    );
+    assert_eq!(r.json()["stdout"], "42\n", "{}", r.text());
+
+    // Limits in the request override the template's, field by field; such
+    // a sandbox is built on demand, still on the template's tree.
+    let custom = s.create(
+        BOB,
+        json!({"template": "tiny", "limits": {"memory": "96M", "timeout_ms": 2000}}),
+    );
+    assert_eq!(custom["template"], "tiny");
+    assert_eq!(custom["limits"]["memory_bytes"], 96 << 20);
+    assert_eq!(custom["limits"]["timeout_ms"], 2000);
+    assert_eq!(custom["limits"]["cpus"], tiny["limits"]["cpus"]);
+    assert_eq!(custom["limits"]["pids"], tiny["limits"]["pids"]);
+    let r = sh_in(&s, &id_of(&custom), "for f in /usr/bin/*; do echo $f; done");
+    assert_eq!(r.json()["stdout"], "/usr/bin/sh\n", "{}", r.text());
+    let f = pool_figures(&s, "tiny");
+    assert_eq!(
+        (f["hit"].as_u64(), f["miss"].as_u64()),
+        (Some(1), Some(0)),
+        "other limits never come from the pool: {f}"
+    );
+
+    // Unknown templates are refused with the list of known ones.
+    let r = s.json("POST", "/v1/sandboxes", BOB, json!({"template": "nope"}));
+    r.expect_error(400, "unknown template");
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        msg.contains("nope") && msg.contains("default, tiny"),
+        "{msg}"
+    );
+
+    // Lists filter by template.
+    let ids = |q: &str| -> Vec<String> {
+        let r = s.req("GET", &format!("/v1/sandboxes{q}"), Some(BOB), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut v: Vec<String> = r.json()["sandboxes"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(id_of)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![tiny_id.clone(), id_of(&custom)];
+    both.sort();
+    assert_eq!(ids("?template=tiny"), both);
+    assert_eq!(ids("?template=default"), vec![id_of(&host)]);
+    assert_eq!(ids("?template=tiny&label=t=1"), vec![tiny_id.clone()]);
+    assert_eq!(ids("").len(), 3);
+    s.req("GET", "/v1/sandboxes?template=nope", Some(BOB), b"")
+        .expect_error(400, "unknown template filter");
+
+    // Get-or-create by key keeps its template.
+    let keyed = s.create(BOB, json!({"template": "tiny", "key": "me/proj"}));
+    let again = s.json(
+        "POST",
+        "/v1/sandboxes",
+        BOB,
+        json!({"template": "tiny", "key": "me/proj"}),
+    );
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(id_of(&again.json()), id_of(&keyed));
+    let r = s.json("POST", "/v1/sandboxes", BOB, json!({"key": "me/proj"}));
+    assert_eq!(
+        r.expect_error(409, "another template for the key"),
+        "conflict"
+    );
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(msg.contains("tiny") && msg.contains("default"), "{msg}");
+
+    // Per-template figures in Prometheus.
+    let m = s.req("GET", "/metrics", None, b"").text();
+    for line in [
+        "paddock_pool_size{template=\"tiny\"} 2",
+        "paddock_pool_size{template=\"default\"} 0",
+        "paddock_pool_total{template=\"tiny\",result=\"hit\"} 2",
+        "paddock_pool_total{template=\"tiny\",result=\"miss\"} 0",
+        "paddock_pool_total{template=\"tiny\",result=\"failure\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+    assert!(m.contains("paddock_pool_ready{template=\"tiny\"}"), "{m}");
+}
+
+#[test]
+fn a_failing_template_pool_backs_off_and_is_reported() {
+    let tree = common::shared_tempdir(false);
+    common::minimal_tree(tree.path());
+    let s = Server::with_config(&template_config(tree.path(), 1));
+    let ready = |s: &Server| pool_figures(s, "tiny")["ready"].as_u64().unwrap_or(0);
+    assert!(wait_for(Duration::from_secs(20), || ready(&s) == 1));
+    // The tree loses its usr/: refills (and on-demand creates) fail.
+    std::fs::rename(tree.path().join("usr"), tree.path().join("usr.off")).expect("rename");
+    s.create(BOB, json!({"template": "tiny"}));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            pool_figures(&s, "tiny")["failure"].as_u64() >= Some(3)
+        }),
+        "refills keep failing: {}",
+        pool_figures(&s, "tiny")
+    );
+    let f = pool_figures(&s, "tiny");
+    assert!(
+        f["last_error"].as_str().is_some_and(|e| e.contains("usr")),
+        "{f}"
+    );
+    // With backoff (100 ms, 200 ms, 400 ms...): few attempts, not a spin.
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = pool_figures(&s, "tiny")["failure"].as_u64().unwrap_or(0);
+    assert!(
+        failures <= 8,
+        "{failures} failures in about 3 s: no backoff?"
+    );
+    let m = s.req("GET", "/metrics", None, b"").text();
+    assert!(
+        m.contains("paddock_pool_total{template=\"tiny\",result=\"failure\"}"),
+        "{m}"
+    );
+    assert!(s.stderr().contains("could not fill the sandbox pool"));
+    let r = s.json("POST", "/v1/sandboxes", BOB, json!({"template": "tiny"}));
+    r.expect_error(500, "the tree is broken");
+    // The tree comes back: the pool recovers.
+    std::fs::rename(tree.path().join("usr.off"), tree.path().join("usr")).expect("rename");
+    assert!(
+        wait_for(Duration::from_secs(40), || ready(&s) == 1),
+        "the pool recovers: {}",
+        pool_figures(&s, "tiny")
+    );
+    assert_eq!(pool_figures(&s, "tiny")["consecutive_failures"], 0);
+    // The default template was never affected.
+    s.create(BOB, json!({}));
+}
+
+#[test]
+fn all_pools_together_stay_within_the_global_caps() {
+    let tree = common::shared_tempdir(false);
+    common::minimal_tree(tree.path());
+    // default: 1 × 128M, tiny: 2 × 64M = 256M of pools wanted, 192M allowed.
+    let toml = template_config(tree.path(), 2).replacen(
+        "[defaults]",
+        "max_memory = \"192M\"\npool_size = 1\n[defaults]",
+        1,
+    );
+    let s = Server::with_config(&toml);
+    let pooled = |s: &Server| {
+        let d = pool_figures(s, "default")["ready"].as_u64().unwrap_or(0);
+        let t = pool_figures(s, "tiny")["ready"].as_u64().unwrap_or(0);
+        (d, t, d * 128 + t * 64)
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let (d, t, _) = pooled(&s);
+            d + t >= 2
+        }),
+        "the pools fill: {:?}",
+        pooled(&s)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (d, t, mem) = pooled(&s);
+    assert!(
+        mem <= 192,
+        "pools hold {mem}M ({d} default, {t} tiny) over a 192M cap"
+    );
+    // A real sandbox of 64M (other limits: not from a pool) pushes pooled
+    // ones out.
+    let real = s.create(BOB, json!({"template": "tiny", "limits": {"pids": 50}}));
+    let (d, t, mem) = pooled(&s);
+    assert!(
+        mem + 64 <= 192,
+        "pools hold {mem}M ({d} default, {t} tiny) next to a 64M sandbox"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, _, mem) = pooled(&s);
+    assert!(mem + 64 <= 192, "no refill past the cap: {mem}M");
+    s.req(
+        "DELETE",
+        &format!("/v1/sandboxes/{}", id_of(&real)),
+        Some(BOB),
+        b"",
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let (d, t, mem) = pooled(&s);
+            d + t >= 2 && mem <= 192
+        }),
+        "the pools refill within the cap: {:?}",
+        pooled(&s)
+    );
+}
+
+/// Pool hit vs miss creation latency, client side (an HTTP round trip on a
+/// new connection) and server side (the manager's own histogram).
+#[test]
+fn pool_hits_are_much_faster_than_misses() {
+    let tree = common::shared_tempdir(false);
+    common::minimal_tree(tree.path());
+    let s = Server::with_config(&template_config(tree.path(), 8));
+    let ready = |s: &Server| pool_figures(s, "tiny")["ready"].as_u64().unwrap_or(0);
+    let mut hits = Vec::new();
+    let mut misses = Vec::new();
+    let mut ids = Vec::new();
+    for _round in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(30), || ready(&s) == 8),
+            "the pool fills"
+        );
+        for _ in 0..8 {
+            let t = Instant::now();
+            let v = s.create(BOB, json!({"template": "tiny"}));
+            hits.push(t.elapsed());
+            ids.push(id_of(&v));
+        }
+        for id in ids.drain(..) {
+            s.req("DELETE", &format!("/v1/sandboxes/{id}"), Some(BOB), b"");
+        }
+    }
+    for _ in 0..6 {
+        // Other limits: never from the pool, built on demand.
+        let t = Instant::now();
+        let v = s.create(BOB, json!({"template": "tiny", "limits": {"pids": 100}}));
+        misses.push(t.elapsed());
+        s.req(
+            "DELETE",
+            &format!("/v1/sandboxes/{}", id_of(&v)),
+            Some(BOB),
+            b"",
+        );
+    }
+    let pct = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let stats = s.req("GET", "/v1/stats", Some(BOB), b"").json();
+    let server_hit = &stats["latency"]["create_pool_hit"];
+    eprintln!(
+        "pool hit (client, {} creates): p50 {:?} p95 {:?}; on-demand (client, {}): p50 {:?} p95 {:?}; \
+         server side: hit {server_hit}, create {}",
+        hits.len(),
+        pct(&mut hits, 0.5),
+        pct(&mut hits, 0.95),
+        misses.len(),
+        pct(&mut misses, 0.5),
+        pct(&mut misses, 0.95),
+        stats["latency"]["create"]
+    );
+    assert_eq!(server_hit["count"], 24, "{stats}");
+    let p95 = server_hit["p95_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        p95 <= 1.0,
+        "server-side pool hit p95 {p95} ms > 1 ms: {stats}"
+    );
+    assert!(
+        pct(&mut hits, 0.5) * 3 < pct(&mut misses, 0.5),
+        "hits {hits:?} vs misses {misses:?}"
+    );
 }

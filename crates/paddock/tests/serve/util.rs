@@ -139,6 +139,7 @@ impl Server {
             .env_remove("PADDOCK_CONFIG")
             .env_remove("PADDOCK_LISTEN")
             .env_remove("PADDOCK_API_KEY")
+            .env_remove("PADDOCK_ROOTFS")
             .env("PADDOCK_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
