@@ -190,6 +190,19 @@ fn without_root_exits_125_with_one_line() {
     let bin = dir.path().join("paddock");
     std::fs::copy(crate::common::PADDOCK, &bin).expect("copy the paddock binary");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // While another test thread forks, its child holds our copy's write fd
+    // until it execs, and executing the copy fails with ETXTBSY: wait until
+    // no such child is left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match std::process::Command::new(&bin).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
     for json in [false, true] {
         let mut args = vec!["run"];
         if json {
