@@ -110,6 +110,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
             Suite::Core => core(&args)?,
             Suite::Sandbox => crate::bench_sandbox::main(&args)?,
             Suite::Functions => crate::bench_functions::main(&args)?,
+            Suite::Server => crate::bench_server::main(&args)?,
         }
     }
     Ok(())

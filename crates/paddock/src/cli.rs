@@ -170,6 +170,9 @@ pub enum Suite {
     Sandbox,
     /// JavaScript functions against isolated-vm and node's vm.
     Functions,
+    /// Load on a real `paddock serve`: create/exec/delete, warm exec, pool
+    /// hit vs miss, many idle sandboxes.
+    Server,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +196,15 @@ pub struct BenchArgs {
     /// the peer figures.
     #[arg(long, env = "PADDOCK_BENCH_NODE_MODULES", value_name = "DIR")]
     pub node_modules: Option<PathBuf>,
+    /// Server suite: seconds measured per concurrency level.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub server_seconds: u32,
+    /// Server suite: concurrency levels (clients), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub server_concurrency: Vec<u32>,
+    /// Server suite: idle sandboxes held at once.
+    #[arg(long, default_value = "1000", value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub server_idle: u32,
 }
 
 // clap prints "invalid value 'X' for '--opt <V>': <our text>", so our text

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_functions;
 mod bench_sandbox;
+mod bench_server;
 mod cli;
 mod client;
 mod functions;
