@@ -30,6 +30,27 @@ mod files;
 mod sandbox;
 
 pub use channel::Chunk;
+
+/// Output that arrives in chunks before a final result: a running command
+/// ([`Execution`]) or a run of code ([`CodeRun`]).
+pub trait ChunkStream {
+    /// The next chunk, in the order produced; `None` at the end.
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Chunk>, SandboxError>> + Send;
+}
+
+impl ChunkStream for Execution {
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>, SandboxError> {
+        Execution::next_chunk(self).await
+    }
+}
+
+impl ChunkStream for CodeRun<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>, SandboxError> {
+        CodeRun::next_chunk(self).await
+    }
+}
 pub use context::{CodeResult, CodeRun, Context, DEFAULT_OUTPUT_LIMIT};
 pub use error::{ContextDeath, Death, SandboxError};
 pub use paddock_agent::interp::{Completeness, ErrorInfo};

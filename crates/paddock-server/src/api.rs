@@ -646,36 +646,8 @@ async fn exec(
                 base64,
                 ..Utf8Split::default()
             };
-            loop {
-                let chunk = tokio::select! {
-                    _ = tx.closed() => {
-                        tracing::info!(id = %entry.id, "client went away; the command is cancelled");
-                        return;
-                    }
-                    c = exec.next_chunk() => c,
-                };
-                match chunk {
-                    Ok(Some(c)) => {
-                        if let Some(ev) = utf8.event(c)
-                            && tx.send(ev).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        for ev in utf8.flush() {
-                            if tx.send(ev).await.is_err() {
-                                return;
-                            }
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        let err = manager.sandbox_error(&entry, e).await;
-                        let _ = tx.send(error_event(&err)).await;
-                        return;
-                    }
-                }
+            if !forward_chunks(&mut exec, &mut utf8, &tx, &manager, &entry, "command").await {
+                return;
             }
             let ev = match exec.result().await {
                 Ok(r) => {
@@ -794,6 +766,50 @@ fn base64_encode(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Sends `stream`'s chunks to an SSE client until the stream ends. `false`
+/// when the client went away (dropping the stream then cancels the command
+/// or run inside) or the sandbox failed (an error event was sent).
+async fn forward_chunks<S: paddock_sandbox::ChunkStream>(
+    stream: &mut S,
+    utf8: &mut Utf8Split,
+    tx: &mpsc::Sender<Event>,
+    manager: &Manager,
+    entry: &Entry,
+    what: &str,
+) -> bool {
+    loop {
+        let chunk = tokio::select! {
+            _ = tx.closed() => {
+                tracing::info!(id = %entry.id, "client went away; the {what} is cancelled");
+                return false;
+            }
+            c = stream.next_chunk() => c,
+        };
+        match chunk {
+            Ok(Some(c)) => {
+                if let Some(ev) = utf8.event(c)
+                    && tx.send(ev).await.is_err()
+                {
+                    return false;
+                }
+            }
+            Ok(None) => {
+                for ev in utf8.flush() {
+                    if tx.send(ev).await.is_err() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            Err(e) => {
+                let err = manager.sandbox_error(entry, e).await;
+                let _ = tx.send(error_event(&err)).await;
+                return false;
+            }
+        }
+    }
 }
 
 /// Turns output chunks into `stdout`/`stderr` events of whole UTF-8
@@ -952,36 +968,8 @@ async fn run_code(
                 }
             };
             let mut utf8 = Utf8Split::default();
-            loop {
-                let chunk = tokio::select! {
-                    _ = tx.closed() => {
-                        tracing::info!(id = %entry.id, "client went away; the run is cancelled");
-                        return;
-                    }
-                    c = run.next_chunk() => c,
-                };
-                match chunk {
-                    Ok(Some(c)) => {
-                        if let Some(ev) = utf8.event(c)
-                            && tx.send(ev).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        for ev in utf8.flush() {
-                            if tx.send(ev).await.is_err() {
-                                return;
-                            }
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        let err = manager.sandbox_error(&entry, e).await;
-                        let _ = tx.send(error_event(&err)).await;
-                        return;
-                    }
-                }
+            if !forward_chunks(&mut run, &mut utf8, &tx, &manager, &entry, "run").await {
+                return;
             }
             let ev = match run.result().await {
                 Ok(r) => {
