@@ -234,7 +234,8 @@ fn core(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn mem_used_kib() -> Result<f64> {
+/// Host memory in use (MemTotal − MemAvailable), KiB.
+pub(crate) fn mem_used_kib() -> Result<f64> {
     let text = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
     let field = |name: &str| -> Option<f64> {
         text.lines()

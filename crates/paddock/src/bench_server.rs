@@ -428,7 +428,7 @@ fn meminfo() -> Result<std::collections::BTreeMap<String, f64>> {
             Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
         })
         .collect();
-    let used = mem_used_kib()?;
+    let used = crate::bench::mem_used_kib()?;
     m.insert("MemUsed".into(), used);
     Ok(m)
 }
@@ -466,21 +466,6 @@ fn tree_pss_kib(pid: i64) -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .sum()
-}
-
-/// Host memory in use (MemTotal − MemAvailable), KiB.
-fn mem_used_kib() -> Result<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    let field = |name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    match (field("MemTotal:"), field("MemAvailable:")) {
-        (Some(t), Some(a)) => Ok(t - a),
-        _ => bail!("/proc/meminfo lacks MemTotal/MemAvailable"),
-    }
 }
 
 /// VmRSS of a process, KiB.
