@@ -977,6 +977,7 @@ impl Worker {
                 stdin: None,
                 capture: true,
                 channel: Some(OwnedFd::from(inside)),
+                lean_init: true,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -39,7 +39,14 @@ pub struct Program<'a> {
     /// program inherits it, init closes its own copy after the fork so that
     /// the host sees EOF as soon as the program is gone.
     pub channel: Option<RawFd>,
+    /// Address ranges of the parent's memory init never touches once the
+    /// program runs (other threads' stacks, the heap): released then, so
+    /// that a long-lived init does not keep copies of a busy parent's pages.
+    pub release: &'a [(usize, usize)],
 }
+
+/// Most ranges [`Program::release`] may hold.
+pub const MAX_RELEASE: usize = 128;
 
 /// Step number reported when `chdir` to the working directory fails.
 pub const STEP_WORKDIR: u32 = 1000;
@@ -62,6 +69,12 @@ pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
         paddock_sys::close(fd);
     }
     Report::new(ReportKind::Started, main_pid, 0).send(status_fd);
+    // ORDER: copy the ranges onto our stack first: the list itself lives in
+    // memory being released. Nothing below touches `program` again.
+    let mut release = [(0usize, 0usize); MAX_RELEASE];
+    let n = program.release.len().min(MAX_RELEASE);
+    release[..n].copy_from_slice(&program.release[..n]);
+    paddock_sys::release_ranges(&release[..n]);
     loop {
         match paddock_sys::wait_child(-1) {
             Ok((pid, kind)) if pid == main_pid => {

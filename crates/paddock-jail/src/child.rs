@@ -46,6 +46,8 @@ pub(crate) struct ChildPlan {
     pub landlock_ro: Vec<CString>,
     pub landlock_rw: Vec<CString>,
     pub seccomp: seccompiler::BpfProgram,
+    /// What init releases once the program runs (empty: nothing).
+    pub release: Vec<(usize, usize)>,
 }
 
 // Step numbers of the fixed steps; plan steps are numbered from PLAN_BASE.
@@ -124,6 +126,7 @@ pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
         workdir: &plan.workdir,
         confine: &confine,
         channel: (fds.channel >= 0).then_some(FD_CHANNEL),
+        release: &plan.release,
     };
     paddock_init::run_pid1(&program, FD_STATUS)
 }

@@ -20,6 +20,7 @@
 
 mod child;
 mod error;
+mod lean;
 pub mod reexec;
 pub mod rootfs;
 mod runner;

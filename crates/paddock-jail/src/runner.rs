@@ -98,6 +98,7 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
             stdin: opts.stdin,
             capture: true,
             channel: None,
+            lean_init: false,
         },
     )?;
     let started = sandbox.started();

@@ -31,6 +31,9 @@ pub struct Stdio {
     /// A channel for the program (typically one end of a socketpair): the
     /// program finds it at fd 3. Nothing else of the host reaches it.
     pub channel: Option<OwnedFd>,
+    /// The program lives long (an agent, a worker): once it runs, init
+    /// releases its copies of this process's memory (see `lean.rs`).
+    pub lean_init: bool,
 }
 
 /// Namespaces every sandbox gets (the cgroup namespace is entered by the
@@ -277,6 +280,10 @@ impl Sandbox {
             channel: channel.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         };
 
+        let mut plan = plan;
+        if stdio.lean_init {
+            plan.release = crate::lean::releasable_ranges();
+        }
         // SAFETY: the child runs only `child::main`, which is allocation-free
         // and ends in execve or _exit.
         let cloned = unsafe { paddock_sys::clone_into_namespaces(NAMESPACES, cgroup.dir_fd()) };
@@ -489,5 +496,6 @@ fn prepare(
         landlock_ro: vec![CString::from(c"/")],
         landlock_rw,
         seccomp: seccomp::sandbox_filter()?,
+        release: Vec::new(),
     })
 }

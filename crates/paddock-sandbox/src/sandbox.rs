@@ -161,6 +161,7 @@ impl Sandbox {
                     stdin: None,
                     capture: true,
                     channel: Some(OwnedFd::from(agent_end)),
+                    lean_init: true,
                 },
             )
         })
