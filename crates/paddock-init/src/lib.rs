@@ -74,7 +74,10 @@ pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
     let mut release = [(0usize, 0usize); MAX_RELEASE];
     let n = program.release.len().min(MAX_RELEASE);
     release[..n].copy_from_slice(&program.release[..n]);
-    paddock_sys::release_ranges(&release[..n]);
+    // SAFETY: the ranges come from the host's `lean.rs`, which leaves out
+    // this thread's stack and thread block; from here init runs on those
+    // alone (no heap, no `program`).
+    unsafe { paddock_sys::release_ranges(&release[..n]) };
     loop {
         match paddock_sys::wait_child(-1) {
             Ok((pid, kind)) if pid == main_pid => {

@@ -215,19 +215,21 @@ pub fn take_inherited_fd(fd: RawFd) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Drops the pages of the given address ranges (`madvise(MADV_DONTNEED)`):
-/// private anonymous memory reads back as zeros afterwards. For a process
-/// forked from a large one (a sandbox's init), to give back the copies of
-/// its parent's memory it will never touch again. Errors are ignored (a
-/// range that is gone needs no release). Allocation-free.
-pub fn release_ranges(ranges: &[(usize, usize)]) {
+/// Unmaps the given address ranges. For a process forked from a large one
+/// (a sandbox's init), to give back the copies of its parent's memory, and
+/// the page tables that map them, that it will never touch again. Errors
+/// are ignored (a range that is gone needs no release). Allocation-free.
+///
+/// # Safety
+/// Nothing the caller still uses (its stack, its thread block, data it
+/// will read) may lie in the ranges.
+pub unsafe fn release_ranges(ranges: &[(usize, usize)]) {
     for &(start, len) in ranges {
         if len == 0 {
             continue;
         }
-        // SAFETY: the caller promises nothing it still uses lies in these
-        // ranges; MADV_DONTNEED on them only drops private pages.
-        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+        // SAFETY: by the caller's contract the ranges hold nothing it uses.
+        unsafe { libc::munmap(start as *mut libc::c_void, len) };
     }
 }
 
