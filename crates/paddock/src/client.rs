@@ -47,6 +47,7 @@ pub struct Server {
         long = "api-key",
         value_name = "KEY",
         env = "PADDOCK_API_KEY",
+        hide_env_values = true,
         global = true
     )]
     pub api_key: Option<String>,

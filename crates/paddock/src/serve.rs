@@ -25,7 +25,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", env = "PADDOCK_LISTEN")]
     pub listen: Option<String>,
     /// An API key (repeatable); each is a tenant of its own.
-    #[arg(long = "api-key", value_name = "KEY", env = "PADDOCK_API_KEY")]
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "PADDOCK_API_KEY",
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "PADDOCK_CONFIG")]

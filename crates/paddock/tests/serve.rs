@@ -1919,3 +1919,24 @@ fn pool_hits_are_much_faster_than_misses() {
         "hits {hits:?} vs misses {misses:?}"
     );
 }
+
+#[test]
+fn help_never_shows_a_key_from_the_environment() {
+    for args in [
+        &["serve", "--help"][..],
+        &["sandbox", "--help"],
+        &["files", "--help"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .args(args)
+            .env("PADDOCK_API_KEY", "pdk_secret_value_for_help_test")
+            .output()
+            .expect("run paddock --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(
+            !text.contains("pdk_secret_value_for_help_test"),
+            "{args:?} printed the key:\n{text}"
+        );
+    }
+}
