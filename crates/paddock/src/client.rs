@@ -190,14 +190,14 @@ pub enum FilesCommand {
         id: String,
         /// Local file, or - for stdin.
         local: String,
-        /// Absolute path inside the sandbox.
+        /// Path inside the sandbox (relative: under /home/user).
         remote: String,
     },
     /// Download a file to LOCAL (default: stdout).
     Get {
         /// Sandbox id.
         id: String,
-        /// Absolute path inside the sandbox.
+        /// Path inside the sandbox (relative: under /home/user).
         remote: String,
         /// Local file (default: stdout).
         local: Option<PathBuf>,
@@ -206,7 +206,7 @@ pub enum FilesCommand {
     Ls {
         /// Sandbox id.
         id: String,
-        /// Absolute path inside the sandbox.
+        /// Path inside the sandbox (relative: under /home/user).
         #[arg(default_value = "/home/user")]
         path: String,
         /// Print JSON.
@@ -217,7 +217,7 @@ pub enum FilesCommand {
     Rm {
         /// Sandbox id.
         id: String,
-        /// Absolute path inside the sandbox.
+        /// Path inside the sandbox (relative: under /home/user).
         path: String,
         /// Remove a directory and everything in it.
         #[arg(long, short)]
@@ -486,14 +486,21 @@ fn context(args: ContextArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// The URL of a path inside the sandbox; a relative path starts at
+/// `/home/user`, as everywhere else in paddock.
 fn remote_path(id: &str, remote: &str) -> anyhow::Result<String> {
-    if !remote.starts_with('/') {
-        bail!("the path inside the sandbox must be absolute: {remote}");
+    if remote.is_empty() {
+        bail!("no path inside the sandbox given");
     }
+    let absolute = if remote.starts_with('/') {
+        remote.to_string()
+    } else {
+        format!("/home/user/{remote}")
+    };
     Ok(format!(
         "/v1/sandboxes/{}/files{}",
         encode(id, false),
-        encode(remote, true)
+        encode(&absolute, true)
     ))
 }
 

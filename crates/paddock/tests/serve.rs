@@ -1474,6 +1474,9 @@ fn the_cli_client_drives_sandboxes_contexts_and_files() {
     assert!(o.status.success(), "{o:?}");
     let o = cli(&s, &["files", "get", &id, "/home/user/d/f.txt"], b"");
     assert_eq!(out(&o), "data\n");
+    // A relative path starts at /home/user, as everywhere in paddock.
+    let o = cli(&s, &["files", "get", &id, "d/f.txt"], b"");
+    assert_eq!(out(&o), "data\n");
     let o = cli(&s, &["files", "ls", &id, "/home/user/d"], b"");
     assert!(out(&o).contains("f.txt"), "{}", out(&o));
     let o = cli(&s, &["files", "rm", &id, "-r", "/home/user/d"], b"");
