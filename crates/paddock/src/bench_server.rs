@@ -37,11 +37,7 @@ use crate::cli::BenchArgs;
 
 /// Runs the suite and prints the table.
 pub fn main(args: &BenchArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
+    let rt = crate::client_runtime().context("start the runtime")?;
     rt.block_on(suite(args))
 }
 

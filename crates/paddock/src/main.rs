@@ -42,3 +42,13 @@ fn main() {
     };
     std::process::exit(code);
 }
+
+/// The async runtime of the commands that drive sandboxes from this process
+/// (`repl`, the sandbox and server benchmarks): two workers are plenty, the
+/// work is in the sandboxes.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

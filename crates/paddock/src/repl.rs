@@ -22,11 +22,7 @@ use crate::cli::{Lang, ReplArgs};
 
 /// Runs the REPL; returns the process exit status.
 pub fn main(args: ReplArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("paddock repl: cannot start: {e}");
