@@ -284,6 +284,11 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
+    /// Whether this is the unified (v2) hierarchy.
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Hierarchy::V2(_))
+    }
+
     /// Detects the cgroup setup of the running system from
     /// `/proc/self/mountinfo` and `/proc/self/cgroup`.
     pub fn detect() -> Result<Hierarchy, CgroupError> {

@@ -4,7 +4,8 @@
 //! filesystem, limits), the process it cloned becomes the sandbox's init and
 //! calls [`run_pid1`]. Init:
 //!
-//! 1. forks the program; the child starts a new session, resets signals,
+//! 1. starts the program (a `CLONE_VM | CLONE_VFORK` child, as `posix_spawn`
+//!    does, so nothing of init is copied); the child starts a new session, resets signals,
 //!    enters the working directory, applies the final confinement (identity,
 //!    capabilities, Landlock, seccomp — given by the caller as `confine`) and
 //!    `execve`s the prepared image;
@@ -55,15 +56,12 @@ pub const STEP_FORK: u32 = 1001;
 
 /// Runs init: starts `program`, reaps, reports on `status_fd`, never returns.
 pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
-    // SAFETY: the child only runs allocation-free code until execve/_exit.
-    let forked = unsafe { paddock_sys::raw_fork() };
-    let main_pid = match forked {
+    let main_pid = match start(program, status_fd) {
+        Ok(pid) => pid,
         Err(e) => {
             Report::setup_failed(STEP_FORK, e).send(status_fd);
             paddock_sys::exit_now(1);
         }
-        Ok(None) => start_program(program, status_fd),
-        Ok(Some(pid)) => pid,
     };
     if let Some(fd) = program.channel {
         paddock_sys::close(fd);
@@ -101,7 +99,22 @@ fn drain_children() {
     while paddock_sys::wait_child(-1).is_ok() {}
 }
 
-/// The program's side of the fork: never returns.
+/// Starts the program in a child that shares init's memory until its
+/// `execve` (no copy of init's address space, which is a copy of the host
+/// process's); returns its pid once it has exec'd or failed.
+fn start(program: &Program<'_>, status_fd: RawFd) -> Result<i32, Errno> {
+    let mut stack = paddock_sys::ChildStack::new(CHILD_STACK)?;
+    let mut child = || start_program(program, status_fd);
+    // SAFETY: `start_program` is allocation-free and only makes system
+    // calls; it resets the signal dispositions before unblocking signals,
+    // and ends in execve or _exit.
+    unsafe { paddock_sys::spawn_shared(&mut stack, &mut child) }
+}
+
+/// Stack of the program's process until its `execve`.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// The program's side of the clone: never returns.
 fn start_program(program: &Program<'_>, status_fd: RawFd) -> ! {
     let fail = |step: u32, e: Errno| -> ! {
         Report::setup_failed(step, e).send(status_fd);

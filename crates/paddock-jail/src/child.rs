@@ -19,17 +19,19 @@ use crate::rootfs::{RootfsPlan, Step};
 /// The program inherits 0–2 and, when the host passed one, the channel at 3.
 pub(crate) const FD_CHANNEL: i32 = 3;
 const FD_GO: i32 = 4;
+/// Messages on the go socket (see `sandbox.rs`).
+const GO: u8 = b'g';
+const CGROUP_READY: u8 = b'c';
 pub(crate) const FD_STATUS: i32 = 5;
 
 /// The fds the child receives, already duplicated above 10 by the parent.
 pub(crate) struct ChildFds {
-    /// cgroup v1 `tasks` files opened by the host (count in `ntasks`).
-    pub tasks: [i32; 8],
-    pub ntasks: usize,
     pub stdin: i32,
     pub stdout: i32,
     pub stderr: i32,
     pub status: i32,
+    /// A socket: the host sends "go" on it, with the cgroup v1 `tasks`
+    /// files attached.
     pub go: i32,
     /// The program's channel to the host (a socket), or -1.
     pub channel: i32,
@@ -99,18 +101,6 @@ pub(crate) fn describe_step(plan_steps: &[String], step: u32) -> String {
 
 /// Runs in the cloned child; never returns.
 pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
-    // ORDER: first of all, move into our cgroup (v1) so that everything we
-    // allocate is charged to the sandbox. Writing "0" to a `tasks` file moves
-    // only the calling thread (we have just one), which the kernel does
-    // without the global threadgroup lock that makes writing a pid to
-    // `cgroup.procs` wait for an RCU grace period (~8 ms here). The host
-    // opened the files, so its credentials authorise the move.
-    for &fd in &fds.tasks[..fds.ntasks] {
-        if let Err(e) = paddock_sys::write_all(fd, b"0") {
-            Report::setup_failed(STEP_CGROUP, e).send(fds.status);
-            paddock_sys::exit_now(1);
-        }
-    }
     // Until the fds are arranged we can only report on the original status fd.
     if let Err(e) = arrange_fds(fds) {
         Report::setup_failed(STEP_FDS, e).send(fds.status);
@@ -167,25 +157,18 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
             ntrees += 1;
         }
     }
-    // 1. Wait until the host has written our uid/gid maps and put us into
-    //    our cgroup; EOF means the host gave up.
-    let mut go = [0u8; 1];
-    match paddock_sys::read(FD_GO, &mut go) {
-        Ok(1) => {}
-        Ok(_) => paddock_sys::exit_now(1),
-        Err(e) => return Err((STEP_GO, e)),
-    }
-    paddock_sys::close(FD_GO);
+    // 1. Wait until the host has written our uid/gid maps; EOF means the
+    //    host gave up.
+    wait_for(GO, &mut []).map_err(at(STEP_GO))?;
     paddock_sys::become_namespace_root().map_err(at(STEP_IDS))?;
     // 2. Die with the host process.
     paddock_sys::set_parent_death_signal(libc::SIGKILL).map_err(at(STEP_DEATHSIG))?;
-    // 3. A cgroup namespace rooted at our own cgroup (we are in it now).
-    paddock_sys::unshare(libc::CLONE_NEWCGROUP).map_err(at(STEP_CGROUPNS))?;
-    paddock_sys::umask(0o022);
-    // 4. Nothing we mount propagates back to the host.
+    // The plan's modes are exact (no umask) until the tree is built.
+    paddock_sys::umask(0);
+    // 3. Nothing we mount propagates back to the host.
     paddock_sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(at(STEP_PRIVATE))?;
-    // 5. The writable layer, then the tree on it.
+    // 4. The writable layer, then the tree on it.
     paddock_sys::mount(
         Some(c"paddock"),
         &rootfs.staging,
@@ -202,27 +185,73 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
         };
         run_step(&planned.step, tree).map_err(at(PLAN_BASE + i as u32))?;
     }
-    // 6. Make it the root; the old root disappears with the lazy unmount.
+    paddock_sys::umask(0o022);
+    // 5. Make it the root; the old root disappears with the lazy unmount.
     paddock_sys::chdir(&rootfs.staging).map_err(at(STEP_PIVOT))?;
     paddock_sys::pivot_root(c".", c".").map_err(at(STEP_PIVOT))?;
     paddock_sys::umount_detach(c".").map_err(at(STEP_PIVOT))?;
     paddock_sys::chdir(c"/").map_err(at(STEP_PIVOT))?;
-    // 7. Identity of the machine, and its own loopback.
+    // 6. Identity of the machine, and its own loopback.
     paddock_sys::sethostname(&plan.hostname).map_err(at(STEP_HOSTNAME))?;
     paddock_sys::loopback_up().map_err(at(STEP_LOOPBACK))?;
-    // 8. rlimits, inherited by the program.
+    // 7. Join the cgroup the host made meanwhile (before anything of the
+    //    program runs), then a cgroup namespace rooted at it.
+    let mut tasks = [-1; paddock_sys::MAX_PASSED_FDS];
+    let n = wait_for(CGROUP_READY, &mut tasks).map_err(at(STEP_GO))?;
+    join_cgroup(&tasks[..n]).map_err(at(STEP_CGROUP))?;
+    paddock_sys::close(FD_GO);
+    paddock_sys::unshare(libc::CLONE_NEWCGROUP).map_err(at(STEP_CGROUPNS))?;
+    // 8. rlimits, inherited by the program (last: a low open-files limit
+    //    must not stop the fds above from arriving).
     for &(res, value) in &plan.rlimits {
         paddock_sys::setrlimit(res, value, value).map_err(at(STEP_RLIMIT))?;
     }
     Ok(())
 }
 
+/// Waits for the host's message `expected` on the go socket, receiving up
+/// to `fds.len()` fds with it; returns how many came. At EOF (the host gave
+/// up) the child just exits.
+fn wait_for(expected: u8, fds: &mut [i32]) -> Result<usize, Errno> {
+    let mut got = [-1; paddock_sys::MAX_PASSED_FDS];
+    let (byte, n) = paddock_sys::recv_with_fds(FD_GO, &mut got)?;
+    let Some(byte) = byte else {
+        paddock_sys::exit_now(1);
+    };
+    let keep = if byte == expected {
+        n.min(fds.len())
+    } else {
+        0
+    };
+    fds[..keep].copy_from_slice(&got[..keep]);
+    for &fd in &got[keep..n] {
+        paddock_sys::close(fd);
+    }
+    if byte != expected {
+        return Err(Errno::PROTO);
+    }
+    Ok(keep)
+}
+
+/// Moves us into the cgroup (v1) by writing "0" to each `tasks` file the
+/// host opened, then closes them. Writing "0" moves only the calling thread,
+/// which the kernel does without the global threadgroup lock that makes
+/// writing a pid to `cgroup.procs` wait for an RCU grace period (~8 ms
+/// here); the host's credentials, from the open, authorise the move.
+fn join_cgroup(tasks: &[i32]) -> Result<(), Errno> {
+    let mut result = Ok(());
+    for &fd in tasks {
+        if result.is_ok() {
+            result = paddock_sys::write_all(fd, b"0");
+        }
+        paddock_sys::close(fd);
+    }
+    result
+}
+
 fn run_step(step: &Step, tree: Option<OwnedFd>) -> Result<(), Errno> {
     match step {
-        Step::Mkdir { path, mode } => {
-            paddock_sys::mkdir(path, *mode)?;
-            paddock_sys::chmod(path, *mode)
-        }
+        Step::Mkdir { path, mode } => paddock_sys::mkdir(path, *mode),
         Step::Symlink { target, link } => paddock_sys::symlink(target, link),
         Step::WriteFile {
             path,

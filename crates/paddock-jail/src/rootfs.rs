@@ -37,7 +37,7 @@ pub const STAGING: &str = "/run/paddock/root";
 /// One action of the child's filesystem setup.
 #[derive(Debug)]
 pub enum Step {
-    /// `mkdir` + `chmod` (the umask does not apply).
+    /// `mkdir` with exactly this mode (the child builds the tree with umask 0).
     Mkdir { path: CString, mode: u32 },
     /// A symbolic link.
     Symlink { target: CString, link: CString },

@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,7 +110,9 @@ pub struct Sandbox {
     stderr: Option<OwnedFd>,
     cgroup: Box<dyn Cgroup>,
     rootfs_steps: Vec<String>,
-    uids: UidLease,
+    /// Held (never read) while the sandbox lives: the lease's lock keeps the
+    /// uid range from going to another sandbox.
+    _uids: UidLease,
     started: Instant,
     reaped: bool,
     removed: bool,
@@ -148,8 +149,9 @@ fn last_cap() -> u32 {
 impl Sandbox {
     /// Creates a sandbox for `spec` and starts its program.
     ///
-    /// The call returns once the child exists, is in its cgroup and has been
-    /// released to build its filesystem; setup errors inside the child, and
+    /// The call returns once the child exists, its cgroup exists and it has
+    /// been released to join the cgroup (its first step, before anything it
+    /// runs) and build its filesystem; setup errors inside the child, and
     /// exec errors, arrive as the first report (see [`Sandbox::next_report`]).
     pub fn spawn(spec: &SandboxSpec, stdio: Stdio) -> Result<Sandbox, JailError> {
         check_root()?;
@@ -168,13 +170,6 @@ impl Sandbox {
             )));
         }
         let mounts = rootfs::resolve_mounts(spec)?;
-        let plan = prepare(spec, &mounts)?;
-        let hierarchy = hierarchy()?;
-        clean_stale_cgroups(hierarchy);
-        std::fs::create_dir_all(rootfs::STAGING)
-            .map_err(|e| JailError::host(format!("create {}", rootfs::STAGING), e))?;
-        let uids = UidLease::acquire()?;
-
         let name = format!(
             "run-{}-{}",
             std::process::id(),
@@ -185,33 +180,42 @@ impl Sandbox {
             cpu_millicores: Some(spec.limits.cpu_millicores),
             pids: Some(spec.limits.pids),
         };
-        let cgroup = hierarchy.create(&name, &limits)?;
-
-        Self::start(plan, cgroup, uids, stdio)
+        let plan = prepare(spec, &mounts)?;
+        let hierarchy = hierarchy()?;
+        clean_stale_cgroups(hierarchy);
+        std::fs::create_dir_all(rootfs::STAGING)
+            .map_err(|e| JailError::host(format!("create {}", rootfs::STAGING), e))?;
+        let uids = UidLease::acquire()?;
+        Self::start(plan, hierarchy, &name, &limits, uids, stdio)
     }
 
+    // ORDER: the cgroup is made while the child builds its filesystem (the
+    // host has nothing else to do then, and creating directories and
+    // limits in up to five v1 hierarchies is one of the slower steps); the
+    // child joins it before it starts the program, through the `tasks`
+    // files the host sends it. On v2 the child is cloned straight into the
+    // cgroup instead (`CLONE_INTO_CGROUP`), so there it is made first.
     fn start(
         plan: ChildPlan,
-        cgroup: Box<dyn Cgroup>,
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: &paddock_cgroups::Limits,
         uids: UidLease,
         stdio: Stdio,
     ) -> Result<Sandbox, JailError> {
         let started = Instant::now();
-        let fail = |cgroup: &dyn Cgroup, e: JailError| {
-            let _ = cgroup.remove();
-            e
-        };
-        let (status_r, status_w) = pipe().map_err(|e| fail(&*cgroup, e))?;
-        let (go_r, go_w) = pipe().map_err(|e| fail(&*cgroup, e))?;
+        let (status_r, status_w) = pipe()?;
+        let (go_host, go_child) = paddock_sys::socketpair()
+            .map_err(|e| JailError::host("create a socket pair", e.into()))?;
         let stdin = match stdio.stdin {
             Some(fd) => fd,
             None => File::open("/dev/null")
-                .map_err(|e| fail(&*cgroup, JailError::host("open /dev/null", e)))?
+                .map_err(|e| JailError::host("open /dev/null", e))?
                 .into(),
         };
         let (out_r, out_w, err_r, err_w) = if stdio.capture {
-            let (or, ow) = pipe().map_err(|e| fail(&*cgroup, e))?;
-            let (er, ew) = pipe().map_err(|e| fail(&*cgroup, e))?;
+            let (or, ow) = pipe()?;
+            let (er, ew) = pipe()?;
             for r in [&or, &er] {
                 let _ = paddock_sys::set_pipe_size(r.as_fd(), 1 << 20);
             }
@@ -220,58 +224,25 @@ impl Sandbox {
             let null: OwnedFd = File::options()
                 .write(true)
                 .open("/dev/null")
-                .map_err(|e| fail(&*cgroup, JailError::host("open /dev/null", e)))?
+                .map_err(|e| JailError::host("open /dev/null", e))?
                 .into();
             let null2 = null
                 .try_clone()
-                .map_err(|e| fail(&*cgroup, JailError::host("dup /dev/null", e)))?;
+                .map_err(|e| JailError::host("dup /dev/null", e))?;
             (None, null, None, null2)
         };
-        let child_fds = (|| -> Result<_, JailError> {
-            Ok([
-                high(stdin.as_fd())?,
-                high(out_w.as_fd())?,
-                high(err_w.as_fd())?,
-                high(status_w.as_fd())?,
-                high(go_r.as_fd())?,
-            ])
-        })()
-        .map_err(|e| fail(&*cgroup, e))?;
+        let child_fds = [
+            high(stdin.as_fd())?,
+            high(out_w.as_fd())?,
+            high(err_w.as_fd())?,
+            high(status_w.as_fd())?,
+            high(go_child.as_fd())?,
+        ];
         let channel = match &stdio.channel {
-            Some(fd) => Some(high(fd.as_fd()).map_err(|e| fail(&*cgroup, e))?),
+            Some(fd) => Some(high(fd.as_fd())?),
             None => None,
         };
-        // cgroup v1: the child moves itself in through these (see child.rs).
-        let tasks_files = if cgroup.dir_fd().is_none() {
-            cgroup
-                .paths()
-                .iter()
-                .map(|dir| {
-                    let path = dir.join("tasks");
-                    File::options()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| JailError::host(format!("open {}", path.display()), e))
-                        .and_then(|f| high(f.as_fd()))
-                })
-                .collect::<Result<Vec<OwnedFd>, JailError>>()
-                .map_err(|e| fail(&*cgroup, e))?
-        } else {
-            Vec::new()
-        };
-        if tasks_files.len() > 8 {
-            return Err(fail(
-                &*cgroup,
-                JailError::InvalidSpec("more than 8 cgroup hierarchies".into()),
-            ));
-        }
-        let mut tasks = [-1; 8];
-        for (slot, f) in tasks.iter_mut().zip(&tasks_files) {
-            *slot = f.as_raw_fd();
-        }
         let fds = ChildFds {
-            tasks,
-            ntasks: tasks_files.len(),
             stdin: child_fds[0].as_raw_fd(),
             stdout: child_fds[1].as_raw_fd(),
             stderr: child_fds[2].as_raw_fd(),
@@ -284,9 +255,15 @@ impl Sandbox {
         if stdio.lean_init {
             plan.release = crate::lean::releasable_ranges();
         }
+        let early = if hierarchy.is_v2() {
+            Some(new_cgroup(hierarchy, name, limits)?)
+        } else {
+            None
+        };
+        let into = early.as_ref().and_then(|m| m.cgroup.dir_fd());
         // SAFETY: the child runs only `child::main`, which is allocation-free
         // and ends in execve or _exit.
-        let cloned = unsafe { paddock_sys::clone_into_namespaces(NAMESPACES, cgroup.dir_fd()) };
+        let cloned = unsafe { paddock_sys::clone_into_namespaces(NAMESPACES, into) };
         let (pid, pidfd) = match cloned {
             Ok(Cloned::Child) => child::main(&plan, &fds),
             Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
@@ -299,52 +276,66 @@ impl Sandbox {
                 } else {
                     format!("clone into new namespaces: {e}")
                 };
-                return Err(fail(&*cgroup, JailError::Privileges(msg)));
+                if let Some(made) = early {
+                    let _ = made.cgroup.remove();
+                }
+                return Err(JailError::Privileges(msg));
             }
         };
         drop(child_fds);
         drop(channel);
         drop(stdio.channel);
-        drop(tasks_files);
-        drop((status_w, go_r, out_w, err_w, stdin));
+        drop((status_w, go_child, out_w, err_w, stdin));
 
+        // Until the cgroup exists there is no `Sandbox` to tear down: on
+        // error, kill and reap the child here (closing `go_host` alone
+        // would end it too).
+        let abandon = |e: JailError| {
+            let _ = paddock_sys::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = paddock_sys::wait_child(pid);
+            e
+        };
+        if let Err(e) = write_id_maps(pid, uids.base()) {
+            if let Some(made) = &early {
+                let _ = made.cgroup.remove();
+            }
+            return Err(abandon(e));
+        }
+        if let Err(e) = paddock_sys::send_with_fds(go_host.as_fd(), GO, &[]) {
+            if let Some(made) = &early {
+                let _ = made.cgroup.remove();
+            }
+            return Err(abandon(JailError::host(
+                "release the sandbox child",
+                e.into(),
+            )));
+        }
+        let made = match early {
+            Some(made) => made,
+            None => new_cgroup(hierarchy, name, limits).map_err(abandon)?,
+        };
         let mut sandbox = Sandbox {
             pid,
             pidfd,
             status: File::from(status_r),
             stdout: out_r,
             stderr: err_r,
-            cgroup,
+            cgroup: made.cgroup,
             rootfs_steps: plan.rootfs.steps.iter().map(|s| s.what.clone()).collect(),
-            uids,
+            _uids: uids,
             started,
             reaped: false,
             removed: false,
         };
-        // ORDER: the maps before the child may go on: it must never run
-        // unmapped. (It entered its cgroup by itself, first thing.)
-        if let Err(e) = sandbox.release(go_w) {
+        let tasks: Vec<BorrowedFd<'_>> = made.tasks.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = paddock_sys::send_with_fds(go_host.as_fd(), CGROUP_READY, &tasks) {
             let _ = sandbox.teardown();
-            return Err(e);
+            return Err(JailError::host(
+                "hand the cgroup to the sandbox child",
+                e.into(),
+            ));
         }
         Ok(sandbox)
-    }
-
-    fn release(&mut self, go_w: OwnedFd) -> Result<(), JailError> {
-        let base = self.uids.base();
-        let map = format!("0 {base} {RANGE}\n");
-        for file in ["uid_map", "gid_map"] {
-            let path = format!("/proc/{}/{file}", self.pid);
-            std::fs::write(&path, &map).map_err(|e| JailError::host(format!("write {path}"), e))?;
-        }
-        // Init should never be the OOM killer's choice. Best effort: hosts
-        // without CAP_SYS_RESOURCE (some containers) refuse it, and init is
-        // tiny next to any program, so the killer picks the program anyway.
-        let _ = std::fs::write(format!("/proc/{}/oom_score_adj", self.pid), "-1000");
-        let mut go = File::from(go_w);
-        go.write_all(b"1")
-            .map_err(|e| JailError::host("release the sandbox child", e))?;
-        Ok(())
     }
 
     /// Pid of the sandbox's init, in the host's pid namespace.
@@ -447,6 +438,81 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.teardown();
+    }
+}
+
+/// The child may go on: its uid/gid maps are written.
+const GO: u8 = b'g';
+/// The child's cgroup exists (its v1 `tasks` files come with this message).
+const CGROUP_READY: u8 = b'c';
+
+/// Writes the child's uid and gid maps (`0 <base> RANGE`). ORDER: before the
+/// child may go on, which must never run unmapped.
+fn write_id_maps(pid: i32, base: u32) -> Result<(), JailError> {
+    let map = format!("0 {base} {RANGE}\n");
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, &map).map_err(|e| JailError::host(format!("write {path}"), e))?;
+    }
+    // Init should never be the OOM killer's choice. Best effort: hosts
+    // without CAP_SYS_RESOURCE (some containers) refuse it, and init is
+    // tiny next to any program, so the killer picks the program anyway.
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+    Ok(())
+}
+
+/// A sandbox's new cgroup and, on v1, its `tasks` files opened for writing
+/// (the child writes `0` to each to move itself in).
+struct NewCgroup {
+    cgroup: Box<dyn Cgroup>,
+    tasks: Vec<OwnedFd>,
+}
+
+/// Creates the cgroup `name` with `limits`.
+fn new_cgroup(
+    hierarchy: &Hierarchy,
+    name: &str,
+    limits: &paddock_cgroups::Limits,
+) -> Result<NewCgroup, JailError> {
+    let cgroup = hierarchy.create(name, limits)?;
+    if cgroup.dir_fd().is_some() {
+        return Ok(NewCgroup {
+            cgroup,
+            tasks: Vec::new(),
+        });
+    }
+    // ORDER: writing "0" to a v1 `tasks` file moves only the calling thread,
+    // which the kernel does without the global threadgroup lock that makes
+    // writing a pid to `cgroup.procs` wait for an RCU grace period (~8 ms
+    // here). The host opens the files, so its credentials authorise the move.
+    let opened = cgroup
+        .paths()
+        .iter()
+        .map(|dir| {
+            let path = dir.join("tasks");
+            File::options()
+                .write(true)
+                .open(&path)
+                .map(OwnedFd::from)
+                .map_err(|e| JailError::host(format!("open {}", path.display()), e))
+        })
+        .collect::<Result<Vec<OwnedFd>, JailError>>()
+        .and_then(|tasks| {
+            if tasks.len() > paddock_sys::MAX_PASSED_FDS {
+                Err(JailError::InvalidSpec(format!(
+                    "more than {} cgroup hierarchies",
+                    paddock_sys::MAX_PASSED_FDS
+                )))
+            } else {
+                Ok(tasks)
+            }
+        });
+    match opened {
+        Ok(tasks) => Ok(NewCgroup { cgroup, tasks }),
+        Err(e) => {
+            let _ = cgroup.remove();
+            Err(e)
+        }
     }
 }
 

@@ -125,6 +125,101 @@ pub unsafe fn raw_fork() -> SysResult<Option<i32>> {
     }
 }
 
+/// The stack of a child started with [`spawn_shared`]: an anonymous mapping
+/// whose lowest page is a guard. Unmapped on drop.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Maps `len` bytes (a multiple of the page size, more than one page).
+    pub fn new(len: usize) -> SysResult<ChildStack> {
+        let page = 4096;
+        if len <= page || !len.is_multiple_of(page) {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the first page of our own mapping becomes the guard.
+        check(unsafe { libc::mprotect(base, page, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the child that used it has exec'd or
+        // exited (spawn_shared returns only then).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+extern "C" fn shared_child_entry(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: `arg` is the `&mut &mut dyn FnMut()` that `spawn_shared`
+    // passed; the parent is suspended (CLONE_VFORK), so it is alive.
+    let child = unsafe { &mut *arg.cast::<&mut dyn FnMut()>() };
+    child();
+    exit_now(127)
+}
+
+/// Starts `child` in a new process that shares this process's memory
+/// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) and returns its pid once
+/// it has called `execve` or exited. Nothing is copied: no page tables, no
+/// copy-on-write faults afterwards, which makes starting a program from a
+/// large process several times cheaper than `fork`. All signals are blocked
+/// around the clone (the child starts with them blocked).
+///
+/// # Safety
+/// `child` runs on `stack` in this process's memory while this thread
+/// waits: it may only make system calls and write to its own locals (no
+/// allocation, no locks, nothing a signal handler of this process uses), it
+/// must reset the signal dispositions it may receive before unblocking
+/// them (see [`reset_signals`]), and it should end in `execve` or
+/// [`exit_now`] (returning exits with 127).
+pub unsafe fn spawn_shared(stack: &mut ChildStack, child: &mut dyn FnMut()) -> SysResult<i32> {
+    let mut all: libc::sigset_t = {
+        // SAFETY: sigset_t is plain data; sigfillset initialises it.
+        let mut set = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a local set.
+        unsafe { libc::sigfillset(&mut set) };
+        set
+    };
+    // SAFETY: plain data, filled by the kernel below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to local sets.
+    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) })?;
+    let mut child = child;
+    // SAFETY: the stack is ours and large enough (the guard page catches an
+    // overflow); the entry point only reads `child`, which outlives the
+    // call because CLONE_VFORK suspends us until the child execs or exits.
+    let ret = unsafe {
+        libc::clone(
+            shared_child_entry,
+            stack.base.cast::<u8>().add(stack.len).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut child).cast(),
+        )
+    };
+    let err = errno();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, &mut all) };
+    if ret < 0 { Err(err) } else { Ok(ret) }
+}
+
 /// How a waited-for process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
@@ -281,13 +376,26 @@ pub fn unshare(flags: c_int) -> SysResult<()> {
     check(unsafe { libc::unshare(flags) }).map(drop)
 }
 
-/// Prepares the signal state a freshly exec'd program expects: `SIGPIPE`
-/// back to its default (Rust ignores it, and an ignored signal survives
-/// `execve`; handlers do not, so nothing else needs resetting) and an empty
-/// signal mask.
+/// Prepares the signal state a freshly exec'd program expects: every
+/// signal with a handler or ignored (Rust ignores `SIGPIPE`, and an ignored
+/// signal survives `execve`) back to its default, then an empty signal mask.
+/// Resetting the handlers also makes it safe to unblock signals in a child
+/// of [`spawn_shared`], whose memory is still its parent's.
 pub fn reset_signals() {
-    // SAFETY: SIG_DFL is always a valid disposition for SIGPIPE.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    for sig in 1..libc::SIGRTMIN() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction with a null new action only reads the current
+        // one into a local.
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: as above: a valid pointer to a local.
+        let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut current) } == 0;
+        if ok && current.sa_sigaction != libc::SIG_DFL {
+            // SAFETY: SIG_DFL is always a valid disposition.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
     // SAFETY: an empty, initialised set passed by pointer.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -364,6 +472,138 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
         }
         return Ok(n as usize);
     }
+}
+
+/// Most fds [`send_with_fds`] and [`recv_with_fds`] carry in one message.
+pub const MAX_PASSED_FDS: usize = 8;
+
+/// Room for a `SCM_RIGHTS` control message of [`MAX_PASSED_FDS`] fds
+/// (`CMSG_SPACE`), as u64s for its alignment.
+const FD_CMSG_WORDS: usize = 8;
+
+/// Sends `byte` on the stream socket `sock`, with `fds` attached
+/// (`SCM_RIGHTS`, at most [`MAX_PASSED_FDS`]).
+pub fn send_with_fds(sock: BorrowedFd<'_>, byte: u8, fds: &[BorrowedFd<'_>]) -> SysResult<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(Errno::INVAL);
+    }
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; FD_CMSG_WORDS];
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * std::mem::size_of::<c_int>()) as u32;
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        debug_assert!(space <= std::mem::size_of_val(&control));
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is large enough for one header with
+        // `payload` bytes (checked above) and suitably aligned (u64s), so
+        // CMSG_FIRSTHDR is non-null and CMSG_DATA points inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            let out = libc::CMSG_DATA(cmsg).cast::<c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                out.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers set up above.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match n {
+            1 => return Ok(()),
+            n if n < 0 && errno() == Errno::INTR => continue,
+            n if n < 0 => return Err(errno()),
+            _ => return Err(Errno::IO),
+        }
+    }
+}
+
+/// Receives one byte from the stream socket `sock` and the fds attached to
+/// it into `fds`; returns the byte (`None` at end of stream) and how many
+/// fds arrived (close-on-exec). Allocation-free, for a cloned child.
+pub fn recv_with_fds(
+    sock: RawFd,
+    fds: &mut [RawFd; MAX_PASSED_FDS],
+) -> SysResult<(Option<u8>, usize)> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; FD_CMSG_WORDS];
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers of the given sizes.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && errno() == Errno::INTR {
+            continue;
+        }
+        break check_long(n as libc::c_long)?;
+    };
+    let mut count = 0;
+    // SAFETY: the kernel filled `msg_control`/`msg_controllen`; the CMSG_*
+    // helpers walk only within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let header = libc::CMSG_LEN(0) as usize;
+                let got = ((*cmsg).cmsg_len as usize).saturating_sub(header)
+                    / std::mem::size_of::<c_int>();
+                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                for i in 0..got {
+                    let fd = data.add(i).read_unaligned();
+                    if count < MAX_PASSED_FDS {
+                        fds[count] = fd;
+                        count += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        for &fd in &fds[..count] {
+            close(fd);
+        }
+        return Err(Errno::MSGSIZE);
+    }
+    Ok(((n == 1).then_some(data[0]), count))
+}
+
+/// A connected pair of stream sockets, close-on-exec.
+pub fn socketpair() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both are fresh fds the kernel just returned to us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Sets a pipe's capacity (best effort; returns the new size).
@@ -496,12 +736,6 @@ pub fn mkdir(path: &CStr, mode: u32) -> SysResult<()> {
         Err(Errno::EXIST) | Ok(_) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// `chmod(path, mode)` (mkdir is subject to the umask; this is not).
-pub fn chmod(path: &CStr, mode: u32) -> SysResult<()> {
-    // SAFETY: NUL-terminated path.
-    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
 }
 
 /// `symlink(target, link)`.

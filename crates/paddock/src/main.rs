@@ -12,10 +12,8 @@ mod repl;
 mod run;
 mod serve;
 
-use clap::Parser;
-
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let code = match cli.command {
         cli::Command::Agent => match paddock_agent::run_on_inherited_channel() {
             Ok(()) => 0,
