@@ -76,16 +76,26 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// Reads a whole control file.
 pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    read_sized(path).map_err(|source| CgroupError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
+/// `fs::read_to_string` for `/proc` and cgroupfs files, which report a size
+/// of 0: std then probes with tiny reads and doubles (eight `read`s for a
+/// mountinfo); one buffer that fits such files takes one or two.
+fn read_sized(path: &Path) -> io::Result<String> {
+    use io::Read;
+    let mut text = String::with_capacity(16 * 1024);
+    fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Reads a control file that may not exist on every kernel; `None` if it
 /// does not.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
-    match fs::read_to_string(path) {
+    match read_sized(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CgroupError::Read {

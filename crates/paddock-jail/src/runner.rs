@@ -115,6 +115,9 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
     );
     let mut buf = vec![0u8; 64 * 1024];
     let mut ended: Option<(ReportKind, i32)> = None;
+    // Figures taken when the program's end is reported, while init is still
+    // ending what it left behind and exiting (done in parallel, not after).
+    let mut stats_at_end = None;
     let mut ended_at: Option<Instant> = None;
     let mut failure: Option<JailError> = None;
     let mut status_open = true;
@@ -191,6 +194,7 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
                     ReportKind::Exited | ReportKind::Signaled => {
                         ended = Some((r.kind, r.a));
                         ended_at.get_or_insert_with(Instant::now);
+                        stats_at_end = sandbox.stats().ok();
                     }
                     ReportKind::ExecFailed => {
                         let errno = paddock_sys::Errno::from_raw_os_error(r.a);
@@ -213,7 +217,10 @@ pub fn run(spec: &SandboxSpec, opts: RunOptions<'_>) -> Result<RunOutcome, JailE
     }
     let end = ended_at.unwrap_or_else(Instant::now);
     sandbox.reap()?;
-    let stats = sandbox.stats()?;
+    let stats = match stats_at_end {
+        Some(stats) => stats,
+        None => sandbox.stats()?,
+    };
     sandbox.teardown()?;
     if let Some(f) = failure {
         return Err(f);

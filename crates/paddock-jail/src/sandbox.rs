@@ -454,10 +454,6 @@ fn write_id_maps(pid: i32, base: u32) -> Result<(), JailError> {
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, &map).map_err(|e| JailError::host(format!("write {path}"), e))?;
     }
-    // Init should never be the OOM killer's choice. Best effort: hosts
-    // without CAP_SYS_RESOURCE (some containers) refuse it, and init is
-    // tiny next to any program, so the killer picks the program anyway.
-    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
     Ok(())
 }
 
