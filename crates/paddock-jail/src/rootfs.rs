@@ -122,8 +122,10 @@ impl Planner {
         self.steps.push(PlannedStep { step, what });
     }
 
+    /// A path of the sandbox's tree as the child sees it while building it:
+    /// the tmpfs is already its root then (see `child.rs`).
     fn inside(path: &str) -> String {
-        format!("{STAGING}{path}")
+        path.to_string()
     }
 
     fn mkdir(&mut self, path: &str, mode: u32) -> Result<(), JailError> {
@@ -211,6 +213,17 @@ pub fn plan(
     let mut p = Planner { steps: Vec::new() };
     let (uid, gid) = (SANDBOX_UID, SANDBOX_GID);
     let base = base_tree(spec)?;
+
+    // /proc first: the kernel lets a user namespace mount a new proc only
+    // while a fully visible one is in its mount namespace, i.e. before the
+    // host's tree is detached (`child.rs` does that alongside the rest).
+    p.mkdir("/proc", 0o555)?;
+    p.push(
+        Step::Proc {
+            target: cstr(Planner::inside("/proc"))?,
+        },
+        "mount proc on /proc".into(),
+    );
 
     // /usr and the top-level links into it.
     p.mkdir("/usr", 0o755)?;
@@ -300,15 +313,6 @@ pub fn plan(
         );
     }
     p.mkdir("/dev/shm", 0o1777)?;
-
-    // /proc
-    p.mkdir("/proc", 0o555)?;
-    p.push(
-        Step::Proc {
-            target: cstr(Planner::inside("/proc"))?,
-        },
-        "mount proc on /proc".into(),
-    );
 
     // Writable places.
     p.mkdir("/tmp", 0o1777)?;

@@ -123,7 +123,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
         .map_err(|e| JailError::host("create a pipe", e.into()))
 }
 
-/// Places `fd` at 10 or above (so the child's `dup2`s to 0–4 never collide).
+/// Places `fd` at 10 or above (so the child's `dup2`s to 0–5 never collide).
 fn high(fd: BorrowedFd<'_>) -> Result<OwnedFd, JailError> {
     paddock_sys::dup_at_least(fd, 10).map_err(|e| JailError::host("duplicate an fd", e.into()))
 }

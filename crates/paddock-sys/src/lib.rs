@@ -220,6 +220,54 @@ pub unsafe fn spawn_shared(stack: &mut ChildStack, child: &mut dyn FnMut()) -> S
     if ret < 0 { Err(err) } else { Ok(ret) }
 }
 
+/// Starts `child` in a new process that shares this process's memory
+/// (`CLONE_VM`) and runs *alongside* it; returns its pid at once. Unlike
+/// [`spawn_shared`] nothing waits for an `execve`: the caller must keep
+/// `stack` and `child` alive, and untouched, until it has reaped the child
+/// (see [`wait_child`]). All signals are blocked in the child.
+///
+/// # Safety
+/// As for [`spawn_shared`], and the child must not write anything the
+/// caller reads or writes while it runs: it should make a few system calls
+/// on its own stack and [`exit_now`].
+pub unsafe fn spawn_concurrent(stack: &mut ChildStack, child: &mut dyn FnMut()) -> SysResult<i32> {
+    let mut all: libc::sigset_t = {
+        // SAFETY: sigset_t is plain data; sigfillset initialises it.
+        let mut set = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a local set.
+        unsafe { libc::sigfillset(&mut set) };
+        set
+    };
+    // SAFETY: plain data, filled by the kernel below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to local sets.
+    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) })?;
+    // The entry point receives a pointer to the (fat) closure pointer. This
+    // frame is gone by the time the child reads it, so it is kept in the
+    // child's stack mapping, which lives until the child is reaped.
+    let slot = stack.base.cast::<&mut dyn FnMut()>();
+    // SAFETY: the lowest page is the guard (PROT_NONE); the slot goes in
+    // the second page, which the child's stack (growing down from the top)
+    // does not reach in the few calls it makes.
+    let slot = unsafe { slot.byte_add(4096) };
+    // SAFETY: `slot` is inside our mapping, aligned, and not yet used.
+    unsafe { slot.write(child) };
+    // SAFETY: the stack is ours; the entry point reads the closure pointer
+    // from `slot`, which lives as long as `stack`.
+    let ret = unsafe {
+        libc::clone(
+            shared_child_entry,
+            stack.base.cast::<u8>().add(stack.len).cast(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            slot.cast(),
+        )
+    };
+    let err = errno();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, &mut all) };
+    if ret < 0 { Err(err) } else { Ok(ret) }
+}
+
 /// How a waited-for process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
@@ -736,6 +784,12 @@ pub fn mkdir(path: &CStr, mode: u32) -> SysResult<()> {
         Err(Errno::EXIST) | Ok(_) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `rmdir(path)`.
+pub fn rmdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::rmdir(path.as_ptr()) }).map(drop)
 }
 
 /// `symlink(target, link)`.
