@@ -181,23 +181,22 @@ impl Sandbox {
             pids: Some(spec.limits.pids),
         };
         let plan = prepare(spec, &mounts)?;
-        let hierarchy = hierarchy()?;
-        clean_stale_cgroups(hierarchy);
         std::fs::create_dir_all(rootfs::STAGING)
             .map_err(|e| JailError::host(format!("create {}", rootfs::STAGING), e))?;
         let uids = UidLease::acquire()?;
-        Self::start(plan, hierarchy, &name, &limits, uids, stdio)
+        Self::start(plan, &name, &limits, uids, stdio)
     }
 
-    // ORDER: the cgroup is made while the child builds its filesystem (the
-    // host has nothing else to do then, and creating directories and
-    // limits in up to five v1 hierarchies is one of the slower steps); the
-    // child joins it before it starts the program, through the `tasks`
-    // files the host sends it. On v2 the child is cloned straight into the
-    // cgroup instead (`CLONE_INTO_CGROUP`), so there it is made first.
+    // ORDER: the cgroup (and, the first time in a process, the detection of
+    // the cgroup hierarchy and the clean-up of leftovers) is made while the
+    // child builds its filesystem: the host has nothing else to do then, and
+    // creating directories and limits in up to five v1 hierarchies is one of
+    // the slower steps. The child joins it before it starts the program,
+    // through the `tasks` files the host sends it. On v2 the child is cloned
+    // straight into the cgroup instead (`CLONE_INTO_CGROUP`), so there it is
+    // made first.
     fn start(
         plan: ChildPlan,
-        hierarchy: &Hierarchy,
         name: &str,
         limits: &paddock_cgroups::Limits,
         uids: UidLease,
@@ -255,7 +254,9 @@ impl Sandbox {
         if stdio.lean_init {
             plan.release = crate::lean::releasable_ranges();
         }
-        let early = if hierarchy.is_v2() {
+        let early = if unified_expected()? {
+            let hierarchy = hierarchy()?;
+            clean_stale_cgroups(hierarchy);
             Some(new_cgroup(hierarchy, name, limits)?)
         } else {
             None
@@ -312,7 +313,24 @@ impl Sandbox {
         }
         let made = match early {
             Some(made) => made,
-            None => new_cgroup(hierarchy, name, limits).map_err(abandon)?,
+            None => {
+                let hierarchy = hierarchy().map_err(abandon)?;
+                clean_stale_cgroups(hierarchy);
+                let mut made = new_cgroup(hierarchy, name, limits).map_err(abandon)?;
+                // v2 found only now (the first sandbox of a process, see
+                // `unified_expected`): the child joins through
+                // `cgroup.procs`, which is correct, only slower.
+                if made.cgroup.dir_fd().is_some() {
+                    match procs_file(&*made.cgroup) {
+                        Ok(procs) => made.tasks.push(procs),
+                        Err(e) => {
+                            let _ = made.cgroup.remove();
+                            return Err(abandon(e));
+                        }
+                    }
+                }
+                made
+            }
         };
         let mut sandbox = Sandbox {
             pid,
@@ -510,6 +528,35 @@ fn new_cgroup(
             Err(e)
         }
     }
+}
+
+/// Whether the cgroup hierarchy is expected to be v2, decided before the
+/// clone: from the detected hierarchy once there is one, else from the type
+/// of `/sys/fs/cgroup` (one `statfs`, so that detecting the hierarchy can
+/// wait until the child is busy).
+fn unified_expected() -> Result<bool, JailError> {
+    if let Some(detected) = HIERARCHY.get() {
+        return Ok(hierarchy()?.is_v2() && detected.is_ok());
+    }
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    Ok(rustix::fs::statfs("/sys/fs/cgroup")
+        .map(|fs| fs.f_type == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false))
+}
+
+/// The `cgroup.procs` file of a v2 cgroup, opened for writing.
+fn procs_file(cgroup: &dyn Cgroup) -> Result<OwnedFd, JailError> {
+    let dir = cgroup
+        .paths()
+        .into_iter()
+        .next()
+        .ok_or_else(|| JailError::InvalidSpec("a cgroup without a directory".into()))?;
+    let path = dir.join("cgroup.procs");
+    File::options()
+        .write(true)
+        .open(&path)
+        .map(OwnedFd::from)
+        .map_err(|e| JailError::host(format!("open {}", path.display()), e))
 }
 
 /// Compiles everything the child needs (paths, program, filter) on the host.
