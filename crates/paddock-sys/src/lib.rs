@@ -191,33 +191,10 @@ extern "C" fn shared_child_entry(arg: *mut libc::c_void) -> c_int {
 /// them (see [`reset_signals`]), and it should end in `execve` or
 /// [`exit_now`] (returning exits with 127).
 pub unsafe fn spawn_shared(stack: &mut ChildStack, child: &mut dyn FnMut()) -> SysResult<i32> {
-    let mut all: libc::sigset_t = {
-        // SAFETY: sigset_t is plain data; sigfillset initialises it.
-        let mut set = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid pointer to a local set.
-        unsafe { libc::sigfillset(&mut set) };
-        set
-    };
-    // SAFETY: plain data, filled by the kernel below.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to local sets.
-    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) })?;
     let mut child = child;
-    // SAFETY: the stack is ours and large enough (the guard page catches an
-    // overflow); the entry point only reads `child`, which outlives the
-    // call because CLONE_VFORK suspends us until the child execs or exits.
-    let ret = unsafe {
-        libc::clone(
-            shared_child_entry,
-            stack.base.cast::<u8>().add(stack.len).cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw mut child).cast(),
-        )
-    };
-    let err = errno();
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, &mut all) };
-    if ret < 0 { Err(err) } else { Ok(ret) }
+    // SAFETY: the entry point only reads `child`, which outlives the call
+    // because CLONE_VFORK suspends us until the child execs or exits.
+    unsafe { clone_vm(stack, libc::CLONE_VFORK, (&raw mut child).cast()) }
 }
 
 /// Starts `child` in a new process that shares this process's memory
@@ -231,6 +208,30 @@ pub unsafe fn spawn_shared(stack: &mut ChildStack, child: &mut dyn FnMut()) -> S
 /// caller reads or writes while it runs: it should make a few system calls
 /// on its own stack and [`exit_now`].
 pub unsafe fn spawn_concurrent(stack: &mut ChildStack, child: &mut dyn FnMut()) -> SysResult<i32> {
+    // The entry point receives a pointer to the (fat) closure pointer. This
+    // frame is gone by the time the child reads it, so it is kept in the
+    // child's stack mapping, which lives until the child is reaped.
+    let slot = stack.base.cast::<&mut dyn FnMut()>();
+    // SAFETY: the lowest page is the guard (PROT_NONE); the slot goes in
+    // the second page, which the child's stack (growing down from the top)
+    // does not reach in the few calls it makes.
+    let slot = unsafe { slot.byte_add(4096) };
+    // SAFETY: `slot` is inside our mapping, aligned, and not yet used.
+    unsafe { slot.write(child) };
+    // SAFETY: `slot` lives as long as `stack`, which the caller keeps until
+    // the child is reaped.
+    unsafe { clone_vm(stack, 0, slot.cast()) }
+}
+
+/// `clone(CLONE_VM | extra | SIGCHLD)` into [`shared_child_entry`] on
+/// `stack` with `arg`, every signal blocked around it (so the child starts
+/// with them blocked).
+///
+/// # Safety
+/// `arg` must point to a `&mut dyn FnMut()` that stays valid for as long as
+/// the child may read it; the caller's contract covers the rest (see
+/// [`spawn_shared`]).
+unsafe fn clone_vm(stack: &mut ChildStack, extra: c_int, arg: *mut libc::c_void) -> SysResult<i32> {
     let mut all: libc::sigset_t = {
         // SAFETY: sigset_t is plain data; sigfillset initialises it.
         let mut set = unsafe { std::mem::zeroed() };
@@ -242,24 +243,14 @@ pub unsafe fn spawn_concurrent(stack: &mut ChildStack, child: &mut dyn FnMut()) 
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to local sets.
     check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) })?;
-    // The entry point receives a pointer to the (fat) closure pointer. This
-    // frame is gone by the time the child reads it, so it is kept in the
-    // child's stack mapping, which lives until the child is reaped.
-    let slot = stack.base.cast::<&mut dyn FnMut()>();
-    // SAFETY: the lowest page is the guard (PROT_NONE); the slot goes in
-    // the second page, which the child's stack (growing down from the top)
-    // does not reach in the few calls it makes.
-    let slot = unsafe { slot.byte_add(4096) };
-    // SAFETY: `slot` is inside our mapping, aligned, and not yet used.
-    unsafe { slot.write(child) };
-    // SAFETY: the stack is ours; the entry point reads the closure pointer
-    // from `slot`, which lives as long as `stack`.
+    // SAFETY: the stack is ours and large enough (the guard page catches an
+    // overflow); `arg` is valid by the caller's contract.
     let ret = unsafe {
         libc::clone(
             shared_child_entry,
             stack.base.cast::<u8>().add(stack.len).cast(),
-            libc::CLONE_VM | libc::SIGCHLD,
-            slot.cast(),
+            libc::CLONE_VM | extra | libc::SIGCHLD,
+            arg,
         )
     };
     let err = errno();
