@@ -35,12 +35,12 @@ pub struct Stdio {
     pub lean_init: bool,
 }
 
-/// Namespaces every sandbox gets (the cgroup namespace is entered by the
-/// child once it is inside its cgroup).
+/// Namespaces the clone creates. The child adds the others: the network
+/// namespace (made by a helper alongside the rest of the set-up, see
+/// `child.rs`) and the cgroup namespace (once it is inside its cgroup).
 const NAMESPACES: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNS
-    | libc::CLONE_NEWNET
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS) as u64;
 

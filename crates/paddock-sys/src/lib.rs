@@ -201,13 +201,19 @@ pub unsafe fn spawn_shared(stack: &mut ChildStack, child: &mut dyn FnMut()) -> S
 /// (`CLONE_VM`) and runs *alongside* it; returns its pid at once. Unlike
 /// [`spawn_shared`] nothing waits for an `execve`: the caller must keep
 /// `stack` and `child` alive, and untouched, until it has reaped the child
-/// (see [`wait_child`]). All signals are blocked in the child.
+/// (see [`wait_child`]). All signals are blocked in the child. With
+/// `share_files` the child also shares the fd table (`CLONE_FILES`): fds it
+/// opens are the caller's.
 ///
 /// # Safety
 /// As for [`spawn_shared`], and the child must not write anything the
 /// caller reads or writes while it runs: it should make a few system calls
 /// on its own stack and [`exit_now`].
-pub unsafe fn spawn_concurrent(stack: &mut ChildStack, child: &mut dyn FnMut()) -> SysResult<i32> {
+pub unsafe fn spawn_concurrent(
+    stack: &mut ChildStack,
+    share_files: bool,
+    child: &mut dyn FnMut(),
+) -> SysResult<i32> {
     // The entry point receives a pointer to the (fat) closure pointer. This
     // frame is gone by the time the child reads it, so it is kept in the
     // child's stack mapping, which lives until the child is reaped.
@@ -220,7 +226,9 @@ pub unsafe fn spawn_concurrent(stack: &mut ChildStack, child: &mut dyn FnMut()) 
     unsafe { slot.write(child) };
     // SAFETY: `slot` lives as long as `stack`, which the caller keeps until
     // the child is reaped.
-    unsafe { clone_vm(stack, 0, slot.cast()) }
+    let extra = if share_files { libc::CLONE_FILES } else { 0 };
+    // SAFETY: as above.
+    unsafe { clone_vm(stack, extra, slot.cast()) }
 }
 
 /// `clone(CLONE_VM | extra | SIGCHLD)` into [`shared_child_entry`] on
@@ -897,11 +905,39 @@ pub fn set_no_new_privs() -> SysResult<()> {
 // Network
 // ---------------------------------------------------------------------------
 
-/// Brings the loopback interface of the current network namespace up.
-pub fn loopback_up() -> SysResult<()> {
+/// `setns(fd, nstype)`: joins the namespace `fd` refers to (a namespace
+/// file, or a pidfd for the namespaces of that process named in `nstype`).
+pub fn setns(fd: RawFd, nstype: c_int) -> SysResult<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// A pipe as two raw, close-on-exec fds `(read, write)` (allocation-free).
+pub fn pipe_raw() -> SysResult<(RawFd, RawFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((fds[0], fds[1]))
+}
+
+/// Brings the loopback interface of the current network namespace up and
+/// returns an fd of that namespace (`SIOCGSKNS` on the same socket), for
+/// [`setns`]. Allocation-free.
+pub fn loopback_up_netns_fd() -> SysResult<RawFd> {
     // SAFETY: plain socket(2); closed below.
     let sock =
         check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let result = set_loopback_up(sock).and_then(|()| {
+        /// `SIOCGSKNS` from `linux/sockios.h`: an fd of the socket's netns.
+        const SIOCGSKNS: libc::c_ulong = 0x894C;
+        // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+        check(unsafe { libc::ioctl(sock, SIOCGSKNS, 0) })
+    });
+    close(sock);
+    result
+}
+
+fn set_loopback_up(sock: RawFd) -> SysResult<()> {
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -909,9 +945,7 @@ pub fn loopback_up() -> SysResult<()> {
     }
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCSIFFLAGS takes a pointer to an initialised ifreq.
-    let res = check(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) });
-    close(sock);
-    res.map(drop)
+    check(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
 // ---------------------------------------------------------------------------
