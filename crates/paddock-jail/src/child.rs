@@ -301,7 +301,8 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
         _ => return Err((STEP_DETACH, Errno::CHILD)),
     }
     paddock_sys::rmdir(OLD_ROOT).map_err(at(STEP_DETACH))?;
-    // 6. Identity of the machine, and its own loopback.
+    // 6. Identity of the machine, and its own network namespace (made by
+    //    the helper of step 0a, loopback up).
     paddock_sys::sethostname(&plan.hostname).map_err(at(STEP_HOSTNAME))?;
     let joined = join_netns(net_r);
     net_helper.reap();

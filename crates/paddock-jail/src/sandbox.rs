@@ -296,20 +296,15 @@ impl Sandbox {
             let _ = paddock_sys::wait_child(pid);
             e
         };
-        if let Err(e) = write_id_maps(pid, uids.base()) {
+        let released = write_id_maps(pid, uids.base()).and_then(|()| {
+            paddock_sys::send_with_fds(go_host.as_fd(), GO, &[])
+                .map_err(|e| JailError::host("release the sandbox child", e.into()))
+        });
+        if let Err(e) = released {
             if let Some(made) = &early {
                 let _ = made.cgroup.remove();
             }
             return Err(abandon(e));
-        }
-        if let Err(e) = paddock_sys::send_with_fds(go_host.as_fd(), GO, &[]) {
-            if let Some(made) = &early {
-                let _ = made.cgroup.remove();
-            }
-            return Err(abandon(JailError::host(
-                "release the sandbox child",
-                e.into(),
-            )));
         }
         let made = match early {
             Some(made) => made,
@@ -535,8 +530,8 @@ fn new_cgroup(
 /// of `/sys/fs/cgroup` (one `statfs`, so that detecting the hierarchy can
 /// wait until the child is busy).
 fn unified_expected() -> Result<bool, JailError> {
-    if let Some(detected) = HIERARCHY.get() {
-        return Ok(hierarchy()?.is_v2() && detected.is_ok());
+    if HIERARCHY.get().is_some() {
+        return Ok(hierarchy()?.is_v2());
     }
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     Ok(rustix::fs::statfs("/sys/fs/cgroup")
