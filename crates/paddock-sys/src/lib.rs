@@ -261,10 +261,15 @@ unsafe fn clone_vm(stack: &mut ChildStack, extra: c_int, arg: *mut libc::c_void)
             arg,
         )
     };
-    let err = errno();
+    // Read before the next call can change it (and only on failure: on
+    // success errno holds whatever an earlier call left, possibly 0).
+    let err = (ret < 0).then(errno);
     // SAFETY: restores the mask saved above.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, &mut all) };
-    if ret < 0 { Err(err) } else { Ok(ret) }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(ret),
+    }
 }
 
 /// How a waited-for process ended.
