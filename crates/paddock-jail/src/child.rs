@@ -293,14 +293,28 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     // 5. The rest of the tree.
     run(early..rootfs.steps.len())?;
     paddock_sys::umask(0o022);
-    match helper.reap() {
-        Some(paddock_sys::ExitKind::Exited(0)) => {}
-        Some(paddock_sys::ExitKind::Exited(errno)) => {
-            return Err((STEP_DETACH, Errno::from_raw_os_error(errno)));
+    // The host's tree is out of reach once its mount point can be removed
+    // (a mount point cannot be: EBUSY). The kernel detaches the tree first
+    // and then waits for a grace period before it frees it; when the helper
+    // is in that wait already, nothing needs to wait with it: init reaps it
+    // like any orphan, and its stack stays mapped until then.
+    match paddock_sys::rmdir(OLD_ROOT) {
+        Ok(()) => {
+            helper.pid = None;
+            std::mem::forget(stack);
         }
-        _ => return Err((STEP_DETACH, Errno::CHILD)),
+        Err(Errno::BUSY) => {
+            match helper.reap() {
+                Some(paddock_sys::ExitKind::Exited(0)) => {}
+                Some(paddock_sys::ExitKind::Exited(errno)) => {
+                    return Err((STEP_DETACH, Errno::from_raw_os_error(errno)));
+                }
+                _ => return Err((STEP_DETACH, Errno::CHILD)),
+            }
+            paddock_sys::rmdir(OLD_ROOT).map_err(at(STEP_DETACH))?;
+        }
+        Err(e) => return Err((STEP_DETACH, e)),
     }
-    paddock_sys::rmdir(OLD_ROOT).map_err(at(STEP_DETACH))?;
     // 6. Identity of the machine, and its own network namespace (made by
     //    the helper of step 0a, loopback up).
     paddock_sys::sethostname(&plan.hostname).map_err(at(STEP_HOSTNAME))?;
