@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod run_fast;
 use paddock_types::{Mount, NetworkMode};
 
 /// paddock: run untrusted code in isolated, resource-limited Linux sandboxes.
@@ -86,7 +88,8 @@ struct RunOnly {
 /// `paddock run …` is parsed with the grammar of `run` alone: clap builds
 /// the whole tree of commands (server, client, benchmarks…) before it
 /// parses, which costs about 0.4 ms, as much as several steps of a
-/// sandbox's set-up, on the path that is measured against bubblewrap.
+/// sandbox's set-up, on the path that is measured against bubblewrap. Its
+/// well-formed command lines are read without clap at all (`run_fast`).
 pub fn parse() -> Cli {
     let mut args = std::env::args_os();
     let program = args.next();
@@ -109,9 +112,13 @@ pub fn parse() -> Cli {
         _ => {}
     }
     if first.as_deref() == Some(std::ffi::OsStr::new("run")) {
-        let argv = program.into_iter().chain(args);
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        let run = match run_fast::parse(&rest) {
+            Some(run) => run,
+            None => RunOnly::parse_from(program.into_iter().chain(rest)).run,
+        };
         return Cli {
-            command: Command::Run(RunOnly::parse_from(argv).run),
+            command: Command::Run(run),
         };
     }
     Cli::parse()
