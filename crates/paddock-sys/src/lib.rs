@@ -422,6 +422,35 @@ pub fn setsid() -> SysResult<()> {
     check(unsafe { libc::setsid() }).map(drop)
 }
 
+/// Makes sure fds 0, 1 and 2 are open, opening `/dev/null` on any that is
+/// closed (as std's runtime does before `main`): a file opened later must
+/// never become a process's stdout by accident.
+pub fn open_standard_fds() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfds; timeout 0.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for pfd in fds {
+        if pfd.revents & libc::POLLNVAL != 0 {
+            // SAFETY: NUL-terminated path; the lowest free fd is the closed
+            // one (all lower ones are open), and it stays open for good.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+/// Ignores `SIGPIPE`, so that writing to a closed pipe fails with `EPIPE`
+/// (as under std's runtime, which does this before `main`).
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN is always a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// `unshare(flags)`.
 pub fn unshare(flags: c_int) -> SysResult<()> {
     // SAFETY: plain syscall with an integer argument.
