@@ -82,14 +82,23 @@ pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
     })
 }
 
-/// `fs::read_to_string` for `/proc` and cgroupfs files, which report a size
-/// of 0: std then probes with tiny reads and doubles (eight `read`s for a
-/// mountinfo); one buffer that fits such files takes one or two.
+/// `fs::read_to_string` for `/proc` and cgroupfs files. Those report a size
+/// of 0, so std's sizing (a `statx` and an `lseek` first) learns nothing;
+/// reading page-sized chunks takes `open`, one or two `read`s and `close`.
 fn read_sized(path: &Path) -> io::Result<String> {
     use io::Read;
-    let mut text = String::with_capacity(16 * 1024);
-    fs::File::open(path)?.read_to_string(&mut text)?;
-    Ok(text)
+    let mut file = fs::File::open(path)?;
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads a control file that may not exist on every kernel; `None` if it
@@ -261,6 +270,20 @@ pub(crate) fn mkdir_new(path: &Path) -> Result<(), CgroupError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Creates `dir`, and only when its parent is missing runs
+/// [`mkdir_with_parent`]: for a parent that needs nothing but to exist.
+pub(crate) fn mkdir_child_first(
+    dir: &Path,
+    prepare_parent: impl Fn() -> Result<(), CgroupError>,
+) -> Result<(), CgroupError> {
+    match mkdir_new(dir) {
+        Err(CgroupError::Create { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            mkdir_with_parent(dir, prepare_parent)
+        }
+        other => other,
+    }
 }
 
 /// Runs `prepare_parent` (which creates and sets up the shared `paddock`

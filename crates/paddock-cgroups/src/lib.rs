@@ -489,32 +489,35 @@ pub fn validate_name(name: &str) -> Result<(), CgroupError> {
 
 /// Whether the effective user may create directories in `dir`: checks
 /// `<dir>/paddock` if it exists (it may have been delegated), else `dir`.
+/// One `faccessat` in the usual case (`paddock` exists).
 fn check_writable(dir: &Path, what: &str) -> Result<(), CgroupError> {
-    if !dir.is_dir() {
-        return Err(CgroupError::Unusable {
+    let writable = |target: &Path| {
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            target,
+            rustix::fs::Access::WRITE_OK,
+            rustix::fs::AtFlags::EACCESS,
+        )
+    };
+    let group = dir.join(GROUP_DIR);
+    let (target, result) = match writable(&group) {
+        Err(rustix::io::Errno::NOENT) => (dir.to_owned(), writable(dir)),
+        other => (group, other),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT) => Err(CgroupError::Unusable {
             reason: format!(
                 "{what}: own cgroup directory {} does not exist",
                 dir.display()
             ),
-        });
+        }),
+        Err(errno) => Err(CgroupError::Unusable {
+            reason: format!(
+                "{what}: no write access to {} ({}; need root or a delegated cgroup)",
+                target.display(),
+                io::Error::from(errno)
+            ),
+        }),
     }
-    let group = dir.join(GROUP_DIR);
-    let target = if group.is_dir() {
-        group
-    } else {
-        dir.to_owned()
-    };
-    rustix::fs::accessat(
-        rustix::fs::CWD,
-        &target,
-        rustix::fs::Access::WRITE_OK,
-        rustix::fs::AtFlags::EACCESS,
-    )
-    .map_err(|errno| CgroupError::Unusable {
-        reason: format!(
-            "{what}: no write access to {} ({}; need root or a delegated cgroup)",
-            target.display(),
-            io::Error::from(errno)
-        ),
-    })
 }

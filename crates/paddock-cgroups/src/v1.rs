@@ -115,7 +115,7 @@ impl V1Hierarchy {
         let result = (|| {
             for (own, dir) in self.own.unique().iter().zip(&cgroup.unique) {
                 let group = own.join(GROUP_DIR);
-                fsutil::mkdir_with_parent(dir, || fsutil::mkdir_exist_ok(&group).map(drop))?;
+                fsutil::mkdir_child_first(dir, || fsutil::mkdir_exist_ok(&group).map(drop))?;
                 created.push(dir.clone());
             }
             cgroup.write_limits(limits, cpu_quota_us)
