@@ -74,7 +74,6 @@ pub(crate) struct ChildPlan {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     pub image: ExecImage,
     pub workdir: CString,
-    pub last_cap: u32,
     pub landlock_ro: Vec<CString>,
     pub landlock_rw: Vec<CString>,
     pub seccomp: seccompiler::BpfProgram,
@@ -436,8 +435,7 @@ fn run_step(step: &Step, tree: Option<OwnedFd>) -> Result<(), Errno> {
 // ORDER: identity first (needs CAP_SETUID/CAP_SETPCAP, which it drops), then
 // landlock, then seccomp last of all so that it filters nothing of our own.
 fn confine(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
-    paddock_sys::drop_privileges(SANDBOX_UID, SANDBOX_GID, plan.last_cap)
-        .map_err(at(STEP_IDENTITY))?;
+    paddock_sys::drop_privileges(SANDBOX_UID, SANDBOX_GID).map_err(at(STEP_IDENTITY))?;
     let mut ro: [&CStr; 8] = [c""; 8];
     let mut rw: [&CStr; 32] = [c""; 32];
     let nro = fill(&mut ro, &plan.landlock_ro);

@@ -139,13 +139,6 @@ fn check_root() -> Result<(), JailError> {
     Ok(())
 }
 
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(63)
-}
-
 impl Sandbox {
     /// Creates a sandbox for `spec` and starts its program.
     ///
@@ -596,7 +589,6 @@ fn prepare(
         ],
         image,
         workdir,
-        last_cap: last_cap(),
         landlock_ro: vec![CString::from(c"/")],
         landlock_rw,
         seccomp: seccomp::sandbox_filter()?,

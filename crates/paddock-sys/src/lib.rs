@@ -887,15 +887,18 @@ struct CapData {
 }
 
 /// Becomes `uid`/`gid` with no supplementary groups and no capabilities in
-/// any set: bounding (every cap up to `last_cap` dropped), ambient cleared,
+/// any set: bounding (every cap the kernel knows dropped), ambient cleared,
 /// then effective, permitted and inheritable emptied; then `no_new_privs`.
-pub fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> SysResult<()> {
+pub fn drop_privileges(uid: u32, gid: u32) -> SysResult<()> {
     // ORDER: the bounding set can only be changed while we hold CAP_SETPCAP,
     // i.e. before the uid change empties our capabilities.
-    for cap in 0..=last_cap {
+    // The kernel refuses (EINVAL) the first number past its last capability,
+    // which ends the loop without reading /proc/sys/kernel/cap_last_cap.
+    for cap in 0..64 {
         // SAFETY: plain prctl with integer arguments.
         match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }) {
-            Ok(_) | Err(Errno::INVAL) => {}
+            Ok(_) => {}
+            Err(Errno::INVAL) => break,
             Err(e) => return Err(e),
         }
     }
