@@ -479,9 +479,15 @@ const fn ret_errno(errno: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA)
 }
 
-/// Compiles [`POLICY`] for x86_64. Call it in the parent: it allocates.
+/// [`POLICY`] compiled for x86_64, once per process (a server makes many
+/// sandboxes). Call it in the parent: it allocates.
 pub fn sandbox_filter() -> Result<BpfProgram, SeccompError> {
-    compile(POLICY)
+    static COMPILED: std::sync::OnceLock<BpfProgram> = std::sync::OnceLock::new();
+    if let Some(program) = COMPILED.get() {
+        return Ok(program.clone());
+    }
+    let program = compile(POLICY)?;
+    Ok(COMPILED.get_or_init(|| program).clone())
 }
 
 /// Compiles a policy table (see the module docs for the program's layout).
