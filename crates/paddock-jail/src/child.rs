@@ -281,8 +281,12 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
         };
         paddock_sys::exit_now(code)
     };
-    // SAFETY: `detach` makes one system call on its own stack and exits;
-    // `stack` and `detach` outlive it (the guard below reaps it first).
+    debug_assert_eq!(std::mem::size_of_val(&detach), 0, "detach captures nothing");
+    // SAFETY: `detach` makes one system call on its own stack and exits.
+    // It captures nothing, so it reads nothing of this frame, which may be
+    // gone before it ends; `stack` stays mapped until it is reaped (the
+    // guard below reaps it first, or `stack` is forgotten when the helper
+    // is left to init).
     let helper = unsafe { paddock_sys::spawn_concurrent(&mut stack, false, &mut detach) }
         .map_err(at(STEP_DETACH))?;
     let mut helper = Helper {
