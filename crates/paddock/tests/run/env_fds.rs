@@ -154,3 +154,33 @@ fn bash(script: &str) -> crate::common::Out {
         .stderr(Stdio::piped());
     finish(cmd, None, DEADLINE)
 }
+
+/// paddock started with its stdin closed: its start-up opens `/dev/null`
+/// there (std's runtime would have; paddock skips that runtime), so the
+/// first fd paddock opens for itself (a signalfd) cannot become the stdin
+/// that `--stdin` passes to the program.
+#[test]
+fn closed_stdin_stays_empty() {
+    let _g = setup();
+    let script = format!(
+        "exec 0<&-; exec {PADDOCK} {}",
+        run_args(
+            &["--json", "--stdin"],
+            &["/usr/bin/readlink", "/proc/self/fd/0"]
+        )
+        .join(" ")
+    );
+    let out = bash(&script);
+    out.expect_code(0, "paddock run --stdin with fd 0 closed");
+    let result: serde_json::Value =
+        serde_json::from_str(out.stdout_str().trim()).unwrap_or_else(|e| {
+            panic!("not one JSON result ({e})\n{}", out.describe());
+        });
+    assert_eq!(result["status"], "exited", "{}", out.describe());
+    assert_eq!(
+        result["stdout"],
+        "/dev/null\n",
+        "the program's stdin\n{}",
+        out.describe()
+    );
+}
