@@ -15,15 +15,10 @@ use super::{LimitArgs, RunArgs};
 
 /// Reads the arguments after `run`, or `None` when clap must (see above).
 pub(super) fn parse(args: &[OsString]) -> Option<RunArgs> {
-    let mut seen: Vec<&str> = Vec::new();
-    let mut once = |name: &'static str| -> Option<()> {
-        if seen.contains(&name) {
-            return None;
-        }
-        seen.push(name);
-        Some(())
-    };
     let mut out = defaults()?;
+    // Options given once at most (all but --env and --mount): clap refuses
+    // a repeat.
+    let mut seen: Vec<&str> = Vec::new();
     let mut words = args.iter();
     let mut dashes = false;
     while let Some(word) = words.next() {
@@ -32,24 +27,26 @@ pub(super) fn parse(args: &[OsString]) -> Option<RunArgs> {
             dashes = true;
             break;
         }
-        let (name, inline) = match word.strip_prefix("--")?.split_once('=') {
+        let word = word.strip_prefix("--")?;
+        let (name, inline) = match word.split_once('=') {
             Some((name, value)) => (name, Some(value)),
-            None => (word.strip_prefix("--")?, None),
+            None => (word, None),
         };
+        if !matches!(name, "env" | "mount") {
+            if seen.contains(&name) {
+                return None;
+            }
+            seen.push(name);
+        }
         if matches!(name, "stdin" | "json") {
             if inline.is_some() {
                 return None;
             }
-            match name {
-                "stdin" => {
-                    once("stdin")?;
-                    out.stdin = true;
-                }
-                _ => {
-                    once("json")?;
-                    out.json = true;
-                }
-            }
+            *(if name == "stdin" {
+                &mut out.stdin
+            } else {
+                &mut out.json
+            }) = true;
             continue;
         }
         let value = match inline {
@@ -59,50 +56,17 @@ pub(super) fn parse(args: &[OsString]) -> Option<RunArgs> {
             None => Some(words.next()?.to_str()?).filter(|v| !v.starts_with('-'))?,
         };
         match name {
-            "memory" => {
-                once("memory")?;
-                out.limits.memory = super::memory_size(value).ok()?;
-            }
-            "cpus" => {
-                once("cpus")?;
-                out.limits.cpus = super::cpus(value).ok()?;
-            }
-            "pids" => {
-                once("pids")?;
-                out.limits.pids = pids(value)?;
-            }
-            "disk" => {
-                once("disk")?;
-                out.limits.disk = super::size(value).ok()?;
-            }
-            "timeout" => {
-                once("timeout")?;
-                out.timeout = super::duration(value).ok()?;
-            }
-            "output-limit" => {
-                once("output-limit")?;
-                out.output_limit = super::size(value).ok()?;
-            }
-            "network" => {
-                once("network")?;
-                out.network = super::network(value).ok()?;
-            }
-            "workdir" => {
-                once("workdir")?;
-                out.workdir = super::abs_path(value).ok()?;
-            }
-            "rootfs" => {
-                once("rootfs")?;
-                out.rootfs = Some(super::abs_path(value).ok()?);
-            }
-            "lang" => {
-                once("lang")?;
-                out.lang = Some(lang(value)?);
-            }
-            "code" => {
-                once("code")?;
-                out.code = Some(value.to_string());
-            }
+            "memory" => out.limits.memory = super::memory_size(value).ok()?,
+            "cpus" => out.limits.cpus = super::cpus(value).ok()?,
+            "pids" => out.limits.pids = pids(value)?,
+            "disk" => out.limits.disk = super::size(value).ok()?,
+            "timeout" => out.timeout = super::duration(value).ok()?,
+            "output-limit" => out.output_limit = super::size(value).ok()?,
+            "network" => out.network = super::network(value).ok()?,
+            "workdir" => out.workdir = super::abs_path(value).ok()?,
+            "rootfs" => out.rootfs = Some(super::abs_path(value).ok()?),
+            "lang" => out.lang = Some(lang(value)?),
+            "code" => out.code = Some(value.to_string()),
             "env" => out.env.push(super::env_pair(value).ok()?),
             "mount" => out.mounts.push(super::mount(value).ok()?),
             _ => return None,
