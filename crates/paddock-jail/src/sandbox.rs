@@ -490,14 +490,7 @@ fn new_cgroup(
     let opened = cgroup
         .paths()
         .iter()
-        .map(|dir| {
-            let path = dir.join("tasks");
-            File::options()
-                .write(true)
-                .open(&path)
-                .map(OwnedFd::from)
-                .map_err(|e| JailError::host(format!("open {}", path.display()), e))
-        })
+        .map(|dir| open_for_writing(&dir.join("tasks")))
         .collect::<Result<Vec<OwnedFd>, JailError>>()
         .and_then(|tasks| {
             if tasks.len() > paddock_sys::MAX_PASSED_FDS {
@@ -539,10 +532,14 @@ fn procs_file(cgroup: &dyn Cgroup) -> Result<OwnedFd, JailError> {
         .into_iter()
         .next()
         .ok_or_else(|| JailError::InvalidSpec("a cgroup without a directory".into()))?;
-    let path = dir.join("cgroup.procs");
+    open_for_writing(&dir.join("cgroup.procs"))
+}
+
+/// Opens a cgroup control file for the child to write to.
+fn open_for_writing(path: &std::path::Path) -> Result<OwnedFd, JailError> {
     File::options()
         .write(true)
-        .open(&path)
+        .open(path)
         .map(OwnedFd::from)
         .map_err(|e| JailError::host(format!("open {}", path.display()), e))
 }
