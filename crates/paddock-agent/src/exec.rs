@@ -67,8 +67,9 @@ pub(crate) async fn exec(
     // cannot find glibc's `posix_spawn_file_actions_addchdir_np`, and forks
     // instead (~0.1 ms more per command). Every command starts from the
     // agent's one runtime thread, with no await in between, so no other
-    // spawn sees this directory by accident.
-    std::env::set_current_dir(cwd).map_err(|e| match e.kind() {
+    // spawn sees this directory by accident. A relative `cwd` starts from
+    // the agent's first directory, as it did when the command entered it.
+    std::env::set_current_dir(start_dir().join(cwd)).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => AgentError::new(
             ErrorKind::NotFound,
             format!("working directory {cwd} does not exist"),
@@ -150,6 +151,15 @@ pub(crate) async fn exec(
         wall_time_ms: started.elapsed().as_secs_f64() * 1000.0,
         cpu_time_ms: usage.cpu_us as f64 / 1000.0,
         memory_peak_bytes: usage.max_rss_bytes,
+    })
+}
+
+/// The agent's working directory before any command moved it (the
+/// sandbox's working directory).
+fn start_dir() -> &'static std::path::Path {
+    static START: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    START.get_or_init(|| {
+        std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from(DEFAULT_CWD))
     })
 }
 

@@ -36,6 +36,16 @@ async fn exec_runs_many_commands_in_one_sandbox() {
     let r = sb.exec(req).await.unwrap();
     assert_eq!(r.stdout, "/tmp\nhello\nfrom stdin", "{r:?}");
     assert!(r.wall_time_ms > 0.0);
+    // The next command starts in the default directory again, and a
+    // relative cwd is taken from there each time, not from the last one.
+    assert_eq!(sh(&sb, "pwd").await, "/home/user\n");
+    sh(&sb, "mkdir -p /home/user/sub/sub").await;
+    for _ in 0..2 {
+        let mut req = ExecRequest::new(["pwd"]);
+        req.cwd = Some("sub".into());
+        let r = sb.exec(req).await.unwrap();
+        assert_eq!(r.stdout, "/home/user/sub\n", "{r:?}");
+    }
 
     // 100 sequential execs: the sandbox stays healthy and leaves nothing.
     for i in 0..100 {
