@@ -44,6 +44,19 @@ pub struct Program<'a> {
     /// program runs (other threads' stacks, the heap): released then, so
     /// that a long-lived init does not keep copies of a busy parent's pages.
     pub release: &'a [(usize, usize)],
+    /// A set-up helper still running when init starts (see [`Lingering`]).
+    pub lingering: Option<Lingering>,
+}
+
+/// A set-up helper that shares init's memory and may still be running when
+/// the program starts: init reaps it like any orphan, and then unmaps the
+/// stack it ran on.
+#[derive(Debug, Clone, Copy)]
+pub struct Lingering {
+    /// Its pid.
+    pub pid: i32,
+    /// Its stack, `(start, len)`.
+    pub stack: (usize, usize),
 }
 
 /// Most ranges [`Program::release`] may hold.
@@ -72,6 +85,7 @@ pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
     let mut release = [(0usize, 0usize); MAX_RELEASE];
     let n = program.release.len().min(MAX_RELEASE);
     release[..n].copy_from_slice(&program.release[..n]);
+    let mut lingering = program.lingering;
     // SAFETY: the ranges come from the host's `lean.rs`, which leaves out
     // this thread's stack and thread block; from here init runs on those
     // alone (no heap, no `program`).
@@ -89,7 +103,15 @@ pub fn run_pid1(program: &Program<'_>, status_fd: RawFd) -> ! {
                 drain_children();
                 paddock_sys::exit_now(0);
             }
-            Ok(_) => {} // an orphan, reaped
+            Ok((pid, _)) => {
+                // An orphan, reaped; a set-up helper's stack goes with it.
+                if let Some(helper) = lingering.filter(|h| h.pid == pid) {
+                    // SAFETY: the helper has exited, and nothing else runs
+                    // on or refers to its stack.
+                    unsafe { paddock_sys::release_ranges(&[helper.stack]) };
+                    lingering = None;
+                }
+            }
             Err(_) => paddock_sys::exit_now(0),
         }
     }

@@ -9,7 +9,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 
-use paddock_init::{Program, Report};
+use paddock_init::{Lingering, Program, Report};
 use paddock_sys::{Errno, ExecImage};
 use paddock_types::{SANDBOX_GID, SANDBOX_UID};
 
@@ -139,10 +139,13 @@ pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
         Report::setup_failed(STEP_FDS, e).send(fds.status);
         paddock_sys::exit_now(1);
     }
-    if let Err((step, e)) = setup(plan) {
-        Report::setup_failed(step, e).send(FD_STATUS);
-        paddock_sys::exit_now(1);
-    }
+    let lingering = match setup(plan) {
+        Ok(lingering) => lingering,
+        Err((step, e)) => {
+            Report::setup_failed(step, e).send(FD_STATUS);
+            paddock_sys::exit_now(1);
+        }
+    };
     let confine = || confine(plan);
     let program = Program {
         image: &plan.image,
@@ -150,6 +153,7 @@ pub(crate) fn main(plan: &ChildPlan, fds: &ChildFds) -> ! {
         confine: &confine,
         channel: (fds.channel >= 0).then_some(FD_CHANNEL),
         release: &plan.release,
+        lingering,
     };
     paddock_init::run_pid1(&program, FD_STATUS)
 }
@@ -174,8 +178,8 @@ fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
 }
 
 // ORDER: this is the sequence of the sandbox's setup; each step relies on
-// the ones before it.
-fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
+// the ones before it. Returns the helper left running, if any, for init.
+fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
     let rootfs = &plan.rootfs;
     // 0a. The network namespace, made by a helper while this process does
     //     everything else: creating one is the slowest single step of a
@@ -285,8 +289,7 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     // SAFETY: `detach` makes one system call on its own stack and exits.
     // It captures nothing, so it reads nothing of this frame, which may be
     // gone before it ends; `stack` stays mapped until it is reaped (the
-    // guard below reaps it first, or `stack` is forgotten when the helper
-    // is left to init).
+    // guard below reaps it first, or init does, and unmaps `stack` then).
     let helper = unsafe { paddock_sys::spawn_concurrent(&mut stack, false, &mut detach) }
         .map_err(at(STEP_DETACH))?;
     let mut helper = Helper {
@@ -300,11 +303,14 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     // (a mount point cannot be: EBUSY). The kernel detaches the tree first
     // and then waits for a grace period before it frees it; when the helper
     // is in that wait already, nothing needs to wait with it: init reaps it
-    // like any orphan, and its stack stays mapped until then.
+    // like any orphan, and unmaps its stack then.
+    let mut lingering = None;
     match paddock_sys::rmdir(OLD_ROOT) {
         Ok(()) => {
-            helper.pid = None;
-            std::mem::forget(stack);
+            lingering = helper.pid.take().map(|pid| Lingering {
+                pid,
+                stack: stack.into_range(),
+            });
         }
         Err(Errno::BUSY) => {
             match helper.reap() {
@@ -338,7 +344,7 @@ fn setup(plan: &ChildPlan) -> Result<(), (u32, Errno)> {
     for &(res, value) in &plan.rlimits {
         paddock_sys::setrlimit(res, value, value).map_err(at(STEP_RLIMIT))?;
     }
-    Ok(())
+    Ok(lingering)
 }
 
 /// Waits for the network helper's report on `report` and joins the

@@ -160,6 +160,17 @@ impl ChildStack {
     }
 }
 
+impl ChildStack {
+    /// Gives the mapping up without unmapping it, as `(start, len)`: for a
+    /// stack whose process outlives its owner; whoever reaps that process
+    /// unmaps it ([`release_ranges`]).
+    pub fn into_range(self) -> (usize, usize) {
+        let range = (self.base as usize, self.len);
+        std::mem::forget(self);
+        range
+    }
+}
+
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: our own mapping; the child that used it has exec'd or
