@@ -27,18 +27,14 @@ const OLD_ROOT: &CStr = c"/.oldroot";
 const HELPER_STACK: usize = 64 * 1024;
 
 /// A helper process that must be gone before its stack goes away, also when
-/// the set-up fails half-way: reaped on drop, killed first if `kill`.
+/// the set-up fails half-way: reaped on drop.
 struct Helper {
     pid: Option<i32>,
-    kill: bool,
 }
 
 impl Helper {
     fn reap(&mut self) -> Option<paddock_sys::ExitKind> {
         let pid = self.pid.take()?;
-        if self.kill {
-            let _ = paddock_sys::kill(pid, libc::SIGKILL);
-        }
         paddock_sys::wait_child(pid).ok().map(|(_, kind)| kind)
     }
 }
@@ -79,6 +75,9 @@ pub(crate) struct ChildPlan {
     pub seccomp: seccompiler::BpfProgram,
     /// What init releases once the program runs (empty: nothing).
     pub release: Vec<(usize, usize)>,
+    /// The CPUs the host may use, restored once the host has moved the
+    /// child off its own CPU (`None`: unknown, nothing to restore).
+    pub cpus: Option<paddock_sys::CpuSet>,
 }
 
 // Step numbers of the fixed steps; plan steps are numbered from PLAN_BASE.
@@ -96,6 +95,7 @@ const STEP_LOOPBACK: u32 = 9;
 const STEP_RLIMIT: u32 = 10;
 const STEP_IDS: u32 = 11;
 const STEP_CGROUP: u32 = 12;
+const STEP_CPUS: u32 = 15;
 const PLAN_BASE: u32 = 100;
 /// Most bind mounts one sandbox can have (system binds plus `--mount`s).
 const MAX_BINDS: usize = 64;
@@ -120,6 +120,7 @@ pub(crate) fn describe_step(plan_steps: &[String], step: u32) -> String {
         STEP_RLIMIT => "setting rlimits".into(),
         STEP_IDS => "becoming root of the user namespace".into(),
         STEP_CGROUP => "entering the sandbox's cgroup".into(),
+        STEP_CPUS => "restoring the set of CPUs".into(),
         STEP_IDENTITY => "dropping to uid 1000 without capabilities".into(),
         STEP_LANDLOCK => "applying landlock".into(),
         STEP_SECCOMP => "applying the seccomp filter".into(),
@@ -181,38 +182,13 @@ fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
 // the ones before it. Returns the helper left running, if any, for init.
 fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
     let rootfs = &plan.rootfs;
-    // 0a. The network namespace, made by a helper while this process does
-    //     everything else: creating one is the slowest single step of a
-    //     start (~0.4 ms here), so the clone does not. The helper shares our
-    //     fd table, brings the namespace's loopback up, leaves an fd of the
-    //     namespace in the table and reports it on a pipe; this process
-    //     joins it before anything of the program runs. Until then nothing
-    //     here touches the network.
-    let (net_r, net_w) = paddock_sys::pipe_raw().map_err(at(STEP_NETNS))?;
-    let mut net_stack = paddock_sys::ChildStack::new(HELPER_STACK).map_err(at(STEP_NETNS))?;
-    let mut make_net = || {
-        let made = paddock_sys::unshare(libc::CLONE_NEWNET)
-            .map_err(|e| (STEP_NETNS, e))
-            .and_then(|()| paddock_sys::loopback_up_netns_fd().map_err(|e| (STEP_LOOPBACK, e)));
-        let (step, value) = match made {
-            Ok(fd) => (0, fd),
-            Err((step, e)) => (step, e.raw_os_error()),
-        };
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&step.to_le_bytes());
-        msg[4..].copy_from_slice(&value.to_le_bytes());
-        let _ = paddock_sys::write_all(net_w, &msg);
-        paddock_sys::exit_now(0)
-    };
-    // SAFETY: `make_net` makes a few system calls on its own stack and
-    // exits; `net_stack` and `make_net` outlive it (the guard below reaps
-    // it first).
-    let net_pid = unsafe { paddock_sys::spawn_concurrent(&mut net_stack, true, &mut make_net) }
-        .map_err(at(STEP_NETNS))?;
-    let mut net_helper = Helper {
-        pid: Some(net_pid),
-        kill: true,
-    };
+    // 0a. The network namespace, with its loopback up. Creating one is the
+    //     slowest single step of a start (~0.5 ms here); it comes first, on
+    //     a CPU of its own (the host moved us off its CPU, see `sandbox.rs`),
+    //     while the host writes our id maps and makes the cgroup. Nothing
+    //     before it touches the network.
+    paddock_sys::unshare(libc::CLONE_NEWNET).map_err(at(STEP_NETNS))?;
+    paddock_sys::loopback_up().map_err(at(STEP_LOOPBACK))?;
     // 0. Take the bind sources now, while we still carry the host's root
     //    ids: a source inside a root-only directory (e.g. under /root) can
     //    only be reached as the host's uid 0, not as the sandbox's range.
@@ -229,6 +205,11 @@ fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
     // 1. Wait until the host has written our uid/gid maps; EOF means the
     //    host gave up.
     wait_for(GO, &mut []).map_err(at(STEP_GO))?;
+    // Back to every CPU the host may use: init and the program inherit
+    // this set. The host moved us before it sent "go".
+    if let Some(cpus) = &plan.cpus {
+        paddock_sys::set_allowed_cpus(0, cpus).map_err(at(STEP_CPUS))?;
+    }
     paddock_sys::become_namespace_root().map_err(at(STEP_IDS))?;
     // 2. Die with the host process.
     paddock_sys::set_parent_death_signal(libc::SIGKILL).map_err(at(STEP_DEATHSIG))?;
@@ -292,10 +273,7 @@ fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
     // guard below reaps it first, or init does, and unmaps `stack` then).
     let helper = unsafe { paddock_sys::spawn_concurrent(&mut stack, false, &mut detach) }
         .map_err(at(STEP_DETACH))?;
-    let mut helper = Helper {
-        pid: Some(helper),
-        kill: false,
-    };
+    let mut helper = Helper { pid: Some(helper) };
     // 5. The rest of the tree.
     run(early..rootfs.steps.len())?;
     paddock_sys::umask(0o022);
@@ -324,14 +302,8 @@ fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
         }
         Err(e) => return Err((STEP_DETACH, e)),
     }
-    // 6. Identity of the machine, and its own network namespace (made by
-    //    the helper of step 0a, loopback up).
+    // 6. Identity of the machine.
     paddock_sys::sethostname(&plan.hostname).map_err(at(STEP_HOSTNAME))?;
-    let joined = join_netns(net_r);
-    net_helper.reap();
-    paddock_sys::close(net_r);
-    paddock_sys::close(net_w);
-    joined?;
     // 7. Join the cgroup the host made meanwhile (before anything of the
     //    program runs), then a cgroup namespace rooted at it.
     let mut tasks = [-1; paddock_sys::MAX_PASSED_FDS];
@@ -345,28 +317,6 @@ fn setup(plan: &ChildPlan) -> Result<Option<Lingering>, (u32, Errno)> {
         paddock_sys::setrlimit(res, value, value).map_err(at(STEP_RLIMIT))?;
     }
     Ok(lingering)
-}
-
-/// Waits for the network helper's report on `report` and joins the
-/// namespace whose fd it left in our (shared) fd table.
-fn join_netns(report: i32) -> Result<(), (u32, Errno)> {
-    let mut msg = [0u8; 8];
-    let mut got = 0;
-    while got < msg.len() {
-        match paddock_sys::read(report, &mut msg[got..]) {
-            Ok(0) => return Err((STEP_NETNS, Errno::PIPE)),
-            Ok(n) => got += n,
-            Err(e) => return Err((STEP_NETNS, e)),
-        }
-    }
-    let step = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-    let value = i32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
-    if step != 0 {
-        return Err((step, Errno::from_raw_os_error(value)));
-    }
-    let joined = paddock_sys::setns(value, libc::CLONE_NEWNET).map_err(at(STEP_NETNS));
-    paddock_sys::close(value);
-    joined
 }
 
 /// Waits for the host's message `expected` on the go socket, receiving up

@@ -247,6 +247,7 @@ impl Sandbox {
         if stdio.lean_init {
             plan.release = crate::lean::releasable_ranges();
         }
+        plan.cpus = paddock_sys::allowed_cpus().ok();
         let early = if unified_expected()? {
             let hierarchy = hierarchy()?;
             clean_stale_cgroups(hierarchy);
@@ -260,7 +261,16 @@ impl Sandbox {
         let cloned = unsafe { paddock_sys::clone_into_namespaces(NAMESPACES, into) };
         let (pid, pidfd) = match cloned {
             Ok(Cloned::Child) => child::main(&plan, &fds),
-            Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
+            Ok(Cloned::Parent { pid, pidfd }) => {
+                // ORDER: before "go", after which the child restores the
+                // set. Off this CPU the child builds its tree while we write
+                // its id maps and make its cgroup (below), instead of waiting
+                // for us to block (~5-10% of a `paddock run` here).
+                if let Some(cpus) = &plan.cpus {
+                    paddock_sys::steer_off_current_cpu(pid, cpus);
+                }
+                (pid, pidfd)
+            }
             Err(e) => {
                 let msg = if e == paddock_sys::Errno::INVAL || e == paddock_sys::Errno::PERM {
                     format!(
@@ -590,5 +600,6 @@ fn prepare(
         landlock_rw,
         seccomp: seccomp::sandbox_filter()?,
         release: Vec::new(),
+        cpus: None,
     })
 }

@@ -497,6 +497,37 @@ pub fn reset_signals() {
 }
 
 // ---------------------------------------------------------------------------
+// CPU placement
+// ---------------------------------------------------------------------------
+
+pub use rustix::thread::CpuSet;
+
+/// The CPUs the calling thread may run on.
+pub fn allowed_cpus() -> SysResult<CpuSet> {
+    rustix::thread::sched_getaffinity(None)
+}
+
+/// Lets process `pid` (0: the calling thread) run on `cpus` only.
+pub fn set_allowed_cpus(pid: i32, cpus: &CpuSet) -> SysResult<()> {
+    rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(pid), cpus)
+}
+
+/// Moves process `pid` off the CPU the calling thread runs on, to the others
+/// of `allowed`; returns whether it did (not when `allowed` has no other
+/// CPU, or the move failed). A new process starts on its parent's CPU and,
+/// on a kernel without preemption, waits there until the parent blocks;
+/// moved, the two run side by side. The process must restore its own set
+/// with [`set_allowed_cpus`] before anything it starts inherits this one.
+pub fn steer_off_current_cpu(pid: i32, allowed: &CpuSet) -> bool {
+    let here = rustix::thread::sched_getcpu();
+    let mut elsewhere = *allowed;
+    if here < CpuSet::MAX_CPU {
+        elsewhere.unset(here);
+    }
+    elsewhere.count() > 0 && set_allowed_cpus(pid, &elsewhere).is_ok()
+}
+
+// ---------------------------------------------------------------------------
 // File descriptors and plain I/O
 // ---------------------------------------------------------------------------
 
@@ -953,34 +984,13 @@ pub fn set_no_new_privs() -> SysResult<()> {
 // Network
 // ---------------------------------------------------------------------------
 
-/// `setns(fd, nstype)`: joins the namespace `fd` refers to (a namespace
-/// file, or a pidfd for the namespaces of that process named in `nstype`).
-pub fn setns(fd: RawFd, nstype: c_int) -> SysResult<()> {
-    // SAFETY: plain syscall with integer arguments.
-    check(unsafe { libc::setns(fd, nstype) }).map(drop)
-}
-
-/// A pipe as two raw, close-on-exec fds `(read, write)` (allocation-free).
-pub fn pipe_raw() -> SysResult<(RawFd, RawFd)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok((fds[0], fds[1]))
-}
-
-/// Brings the loopback interface of the current network namespace up and
-/// returns an fd of that namespace (`SIOCGSKNS` on the same socket), for
-/// [`setns`]. Allocation-free.
-pub fn loopback_up_netns_fd() -> SysResult<RawFd> {
+/// Brings the loopback interface of the current network namespace up.
+/// Allocation-free.
+pub fn loopback_up() -> SysResult<()> {
     // SAFETY: plain socket(2); closed below.
     let sock =
         check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    let result = set_loopback_up(sock).and_then(|()| {
-        /// `SIOCGSKNS` from `linux/sockios.h`: an fd of the socket's netns.
-        const SIOCGSKNS: libc::c_ulong = 0x894C;
-        // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
-        check(unsafe { libc::ioctl(sock, SIOCGSKNS, 0) })
-    });
+    let result = set_loopback_up(sock);
     close(sock);
     result
 }

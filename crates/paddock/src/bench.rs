@@ -6,6 +6,11 @@
 //! - `paddock run -- /usr/bin/true` vs bubblewrap doing the same (read-only
 //!   /usr, /proc, /dev, `--unshare-all`) vs a bare fork+exec of `true`;
 //! - `paddock run -- python3 -c pass` vs bare `python3 -c pass` (and bwrap);
+//! - both also against util-linux `unshare` making the same namespaces
+//!   (user with a root map, pid, mount, net, ipc, uts, cgroup) and exec'ing
+//!   the program with nothing else: the floor that namespace creation alone
+//!   sets on this machine, so the gap between it and paddock is what paddock's
+//!   own work (cgroups, filesystem, filters, init) costs;
 //! - host memory an idle sandbox costs (Δ of MemTotal−MemAvailable over N
 //!   sleeping sandboxes, minus the same for N bare `sleep`s), vs bubblewrap.
 //!
@@ -88,6 +93,14 @@ fn bwrap_argv(cmd: &[&str]) -> Vec<String> {
     v
 }
 
+/// util-linux `unshare` making the namespaces a sandbox has, then exec'ing
+/// `cmd` as the namespace's root: no filesystem, cgroup or filter set-up.
+fn unshare_argv(cmd: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["unshare".into(), "-UrpfmniuC".into(), "--".into()];
+    v.extend(cmd.iter().map(|s| s.to_string()));
+    v
+}
+
 fn have(prog: &str) -> bool {
     Command::new(prog)
         .arg("--version")
@@ -130,6 +143,12 @@ fn core(args: &BenchArgs) -> Result<()> {
             "bwrap not found: install bubblewrap for the peer figures (apt-get install bubblewrap)"
         );
     }
+    let unshare = have("unshare");
+    if !unshare {
+        eprintln!(
+            "unshare not found: install util-linux for the namespace-floor figures (apt-get install util-linux)"
+        );
+    }
     let python = "/usr/bin/python3";
 
     let mut groups: Vec<(&str, Vec<Case>)> = Vec::new();
@@ -141,6 +160,12 @@ fn core(args: &BenchArgs) -> Result<()> {
         g1.push(Case::new(
             "bwrap --unshare-all /usr/bin/true",
             bwrap_argv(&["/usr/bin/true"]),
+        )?);
+    }
+    if unshare {
+        g1.push(Case::new(
+            "namespaces only (unshare) /usr/bin/true",
+            unshare_argv(&["/usr/bin/true"]),
         )?);
     }
     groups.push(("true", g1));
@@ -160,6 +185,12 @@ fn core(args: &BenchArgs) -> Result<()> {
             bwrap_argv(&[python, "-c", "pass"]),
         )?);
     }
+    if unshare {
+        g2.push(Case::new(
+            "namespaces only (unshare) python3",
+            unshare_argv(&[python, "-c", "pass"]),
+        )?);
+    }
     groups.push(("python", g2));
 
     let mut report = serde_json::Map::new();
@@ -175,10 +206,13 @@ fn core(args: &BenchArgs) -> Result<()> {
             }
         }
         let base = cases[0].p(0.5);
+        // The bare case is always second; "over bare" is what isolating the
+        // same program adds to its p50.
+        let bare = cases[1].p(0.5);
         println!("\n{group}: {} runs each, interleaved (ms)", args.runs);
         println!(
-            "{:<40} {:>8} {:>8} {:>14}",
-            "command", "p50", "p95", "paddock/peer"
+            "{:<40} {:>8} {:>8} {:>10} {:>14}",
+            "command", "p50", "p95", "over bare", "paddock/peer"
         );
         for c in cases.iter() {
             let ratio = if c.name.starts_with("paddock") {
@@ -186,11 +220,17 @@ fn core(args: &BenchArgs) -> Result<()> {
             } else {
                 format!("{:.2}x", base / c.p(0.5))
             };
+            let over = if c.name.starts_with("bare") {
+                "-".to_string()
+            } else {
+                format!("{:+.2}", c.p(0.5) - bare)
+            };
             println!(
-                "{:<40} {:>8.2} {:>8.2} {:>14}",
+                "{:<40} {:>8.2} {:>8.2} {:>10} {:>14}",
                 c.name,
                 c.p(0.5),
                 c.p(0.95),
+                over,
                 ratio
             );
             report.insert(

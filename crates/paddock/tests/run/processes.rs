@@ -1,6 +1,6 @@
 //! Only the sandbox's own processes are visible.
 
-use crate::common::{run, setup};
+use crate::common::{DEADLINE, PADDOCK, finish, run, run_args, setup};
 
 #[test]
 fn proc_shows_only_the_sandbox() {
@@ -66,6 +66,59 @@ fn ps_sees_only_the_sandbox() {
     assert!(
         out.stdout_str().trim_end().ends_with("rc=1"),
         "kill -0 on a host pid must fail\n{}",
+        out.describe()
+    );
+}
+
+/// `Cpus_allowed_list` of a `/proc/PID/status` text.
+fn cpus_allowed(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in\n{status}"))
+}
+
+/// paddock moves the sandbox's first process off its own CPU while it sets
+/// the sandbox up; the program must end up with exactly the CPUs paddock
+/// itself may use: all of them, or the one it was restricted to.
+#[test]
+fn the_program_may_use_the_cpus_paddock_may_use() {
+    let _g = setup();
+    let grep = ["grep", "Cpus_allowed_list", "/proc/self/status"];
+    let own = std::fs::read_to_string("/proc/self/status").expect("read own status");
+    let own = cpus_allowed(&own);
+    for _ in 0..3 {
+        let out = run(&[], &grep);
+        out.expect_code(0, "grep Cpus_allowed_list");
+        assert_eq!(
+            cpus_allowed(&out.stdout_str()),
+            own,
+            "the program's CPUs\n{}",
+            out.describe()
+        );
+    }
+    // Restricted to one CPU (the last one this test may use), paddock has
+    // nowhere to move the child, and the program keeps that one CPU.
+    let last = own
+        .rsplit([',', '-'])
+        .next()
+        .expect("a CPU number")
+        .to_string();
+    let mut args = vec!["-c".to_string(), last.clone(), PADDOCK.to_string()];
+    args.extend(run_args(&[], &grep));
+    let mut taskset = std::process::Command::new("taskset");
+    taskset
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = finish(taskset, None, DEADLINE);
+    out.expect_code(0, "taskset -c N paddock run -- grep Cpus_allowed_list");
+    assert_eq!(
+        cpus_allowed(&out.stdout_str()),
+        last,
+        "the program's CPUs under taskset\n{}",
         out.describe()
     );
 }
