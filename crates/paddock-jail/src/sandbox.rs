@@ -248,6 +248,7 @@ impl Sandbox {
             plan.release = crate::lean::releasable_ranges();
         }
         plan.cpus = paddock_sys::allowed_cpus().ok();
+        plan.elsewhere = plan.cpus.as_ref().and_then(paddock_sys::other_cpus);
         let early = if unified_expected()? {
             let hierarchy = hierarchy()?;
             clean_stale_cgroups(hierarchy);
@@ -265,9 +266,10 @@ impl Sandbox {
                 // ORDER: before "go", after which the child restores the
                 // set. Off this CPU the child builds its tree while we write
                 // its id maps and make its cgroup (below), instead of waiting
-                // for us to block (~5-10% of a `paddock run` here).
-                if let Some(cpus) = &plan.cpus {
-                    paddock_sys::steer_off_current_cpu(pid, cpus);
+                // for us to block (~5-10% of a `paddock run` here). Best
+                // effort: the child also moves itself when it runs first.
+                if let Some(elsewhere) = &plan.elsewhere {
+                    let _ = paddock_sys::set_allowed_cpus(pid, elsewhere);
                 }
                 (pid, pidfd)
             }
@@ -601,5 +603,6 @@ fn prepare(
         seccomp: seccomp::sandbox_filter()?,
         release: Vec::new(),
         cpus: None,
+        elsewhere: None,
     })
 }

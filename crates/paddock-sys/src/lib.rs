@@ -512,19 +512,21 @@ pub fn set_allowed_cpus(pid: i32, cpus: &CpuSet) -> SysResult<()> {
     rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(pid), cpus)
 }
 
-/// Moves process `pid` off the CPU the calling thread runs on, to the others
-/// of `allowed`; returns whether it did (not when `allowed` has no other
-/// CPU, or the move failed). A new process starts on its parent's CPU and,
-/// on a kernel without preemption, waits there until the parent blocks;
-/// moved, the two run side by side. The process must restore its own set
-/// with [`set_allowed_cpus`] before anything it starts inherits this one.
-pub fn steer_off_current_cpu(pid: i32, allowed: &CpuSet) -> bool {
+/// The CPUs of `allowed` other than the one the calling thread runs on, or
+/// `None` when there is no other.
+///
+/// A new process starts on its parent's CPU and, on a kernel without
+/// preemption, waits there until the parent blocks; or it preempts the
+/// parent. Restricted to these CPUs for a while (see [`set_allowed_cpus`]),
+/// the two run side by side; the process must restore its set before
+/// anything it starts inherits this one.
+pub fn other_cpus(allowed: &CpuSet) -> Option<CpuSet> {
     let here = rustix::thread::sched_getcpu();
     let mut elsewhere = *allowed;
     if here < CpuSet::MAX_CPU {
         elsewhere.unset(here);
     }
-    elsewhere.count() > 0 && set_allowed_cpus(pid, &elsewhere).is_ok()
+    (elsewhere.count() > 0).then_some(elsewhere)
 }
 
 // ---------------------------------------------------------------------------
