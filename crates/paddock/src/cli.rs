@@ -115,13 +115,43 @@ pub fn parse() -> Cli {
         let rest: Vec<std::ffi::OsString> = args.collect();
         let run = match run_fast::parse(&rest) {
             Some(run) => run,
-            None => RunOnly::parse_from(program.into_iter().chain(rest)).run,
+            None => run_with_clap(program, &rest),
         };
         return Cli {
             command: Command::Run(run),
         };
     }
     Cli::parse()
+}
+
+/// clap's reading of `run`, for the command lines `run_fast` leaves to it.
+///
+/// The options accept values that start with `-` (so that `--disk -1` is
+/// reported as a bad `--disk`, naming the accepted form), which makes an
+/// option left without its value take the `--` that follows as its value;
+/// clap then reports the program after that `--` as an unexpected argument,
+/// naming neither the option nor its form. Read without the words after
+/// that `--`, the same line gets clap's own message about the option.
+fn run_with_clap(program: Option<std::ffi::OsString>, rest: &[std::ffi::OsString]) -> RunArgs {
+    let argv = |words: &[std::ffi::OsString]| -> Vec<std::ffi::OsString> {
+        program.iter().chain(words).cloned().collect()
+    };
+    let err = match RunOnly::try_parse_from(argv(rest)) {
+        Ok(only) => return only.run,
+        Err(e) => e,
+    };
+    if err.kind() == clap::error::ErrorKind::UnknownArgument
+        && let Some(at) = rest.windows(2).position(|w| {
+            w[1] == "--"
+                && w[0]
+                    .to_str()
+                    .is_some_and(|o| o.starts_with("--") && o != "--")
+        })
+        && let Err(about_the_option) = RunOnly::try_parse_from(argv(&rest[..at + 2]))
+    {
+        about_the_option.exit();
+    }
+    err.exit()
 }
 
 #[derive(Debug, Args)]

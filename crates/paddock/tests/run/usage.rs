@@ -80,6 +80,19 @@ fn negative_values_after_a_space_name_the_option() {
     ]);
 }
 
+/// An option whose value was forgotten takes the `--` as its value; the
+/// message must still be about that option, not about the program after it.
+#[test]
+fn a_missing_value_before_the_dashes_names_the_option() {
+    let _g = setup();
+    check_all(&[
+        (&["--timeout"], &["--timeout", "500ms"]),
+        (&["--memory"], &["--memory", "64M"]),
+        (&["--json", "--env"], &["--env", "="]),
+        (&["--mount"], &["--mount", "SRC:DST"]),
+    ]);
+}
+
 #[test]
 fn missing_mount_source_exits_2_saying_it_does_not_exist() {
     let _g = setup();
