@@ -515,11 +515,12 @@ pub fn set_allowed_cpus(pid: i32, cpus: &CpuSet) -> SysResult<()> {
 /// The CPUs of `allowed` other than the one the calling thread runs on, or
 /// `None` when there is no other.
 ///
-/// A new process starts on its parent's CPU and, on a kernel without
-/// preemption, waits there until the parent blocks; or it preempts the
-/// parent. Restricted to these CPUs for a while (see [`set_allowed_cpus`]),
-/// the two run side by side; the process must restore its set before
-/// anything it starts inherits this one.
+/// A new process often starts on its parent's CPU (on a kernel that packs
+/// tasks onto few vCPUs, as here, nearly always) and then, without
+/// preemption, waits there until the parent blocks, or preempts it.
+/// Restricted to these CPUs for a while (see [`set_allowed_cpus`]), the two
+/// run side by side; the process must restore its set before anything it
+/// starts inherits this one.
 pub fn other_cpus(allowed: &CpuSet) -> Option<CpuSet> {
     let here = rustix::thread::sched_getcpu();
     let mut elsewhere = *allowed;
